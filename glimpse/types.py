@@ -1,0 +1,49 @@
+"""Data carried between nodes: the values behind GLIMPSE_DEPTH, GLIMPSE_CAMERAS and GLIMPSE_SETTINGS."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class DepthMaps:
+    """Metric camera-space z per view. ``depth`` is float32 [N,H,W] with 0 where ``valid`` (bool [N,H,W]) is False."""
+
+    depth: torch.Tensor
+    valid: torch.Tensor
+
+
+@dataclass(frozen=True)
+class Cameras:
+    """Pinhole cameras of a view set in the OpenCV convention, pixel centres at +0.5.
+
+    ``intrinsics`` float64 [N,3,3] is for ``image_size`` (height, width); ``world_to_camera`` float64 [N,3,4];
+    ``camera_to_world`` float64 [N,4,4]; ``azimuth_deg`` / ``elevation_deg`` float64 [N] (world +z up).
+    """
+
+    intrinsics: torch.Tensor
+    world_to_camera: torch.Tensor
+    camera_to_world: torch.Tensor
+    azimuth_deg: torch.Tensor
+    elevation_deg: torch.Tensor
+    image_size: tuple[int, int]
+
+    def __len__(self) -> int:
+        return self.intrinsics.shape[0]
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What a MemoryPreset hands to the other nodes (GLIMPSE_SETTINGS)."""
+
+    preset: str
+    steps: int
+    strength: float
+    controlnet_strength: float
+    resolution: int
+    views_per_chunk: int
+    tiled_vae: bool
+    vae_tile_size: int
+    unet_dtype: str
+    controlnet_size: str
