@@ -24,6 +24,14 @@ run_suite() {  # name, then pytest arguments
     fi
 }
 
+if ruff check . >/dev/null 2>&1; then
+    summary+=("suite lint: ran (ruff check: clean)")
+else
+    ruff check .
+    summary+=("suite lint: FAILED (ruff check)")
+    status=1
+fi
+
 run_suite unit tests/unit
 
 if [ -z "${COMFYUI_PATH:-}" ]; then
