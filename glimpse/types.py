@@ -12,6 +12,10 @@ class DepthMaps:
 
     depth: torch.Tensor
     valid: torch.Tensor
+    # The depth range of the WHOLE view set (robust near/far over every view), fixed before any view selection so a
+    # chunk of views gets the same hint grey levels as the full set. None: compute it from these maps.
+    near: float | None = None
+    far: float | None = None
 
 
 @dataclass(frozen=True)
@@ -28,6 +32,8 @@ class Cameras:
     azimuth_deg: torch.Tensor
     elevation_deg: torch.Tensor
     image_size: tuple[int, int]
+    # Index of each view in its set on disk (int64 [N]); a selection of views keeps its original names (view_07).
+    view_index: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return self.intrinsics.shape[0]
