@@ -3,12 +3,14 @@ from typing_extensions import override
 
 from comfy_api.latest import ComfyExtension, io
 
-from .prompt import GlimpsePrompt
+from .prompt import GlimpsePrompt, register_prompt_folder
 
 
 class GlimpseExtension(ComfyExtension):
     @override
     async def get_node_list(self) -> list[type[io.ComfyNode]]:
+        # Called once when ComfyUI registers the pack (v0.3.64 never calls on_load): register the pack's folders.
+        register_prompt_folder()
         return [
             GlimpsePrompt,
         ]
