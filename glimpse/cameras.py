@@ -1,0 +1,310 @@
+"""Pinhole cameras of a view set: reading ``cameras.json``, intrinsics under resize and padding, (un)projection.
+
+Conventions (those of ``../shared/data/syncdreamer_cameras.json``):
+
+- OpenCV camera axes: x right, y down, z forward; points in front of a camera have z > 0.
+- ``world_to_camera`` is ``[R|t]`` with ``Xc = R @ Xw + t``; ``camera_to_world`` is its 4x4 inverse.
+- Pixel coordinates are continuous with the origin at the top-left *corner* of the image: pixel (col i, row j) has its
+  centre at (i + 0.5, j + 0.5). ``pixel = K @ Xc / Xc.z``. Under this convention resizing an image by (sx, sy) scales
+  the first two rows of K exactly, and padding by (left, top) adds (left, top) to (cx, cy).
+- Depth is camera-space z (not distance along the ray).
+- The world is right-handed with +z up; azimuth is measured from +x toward +y, elevation from the xy-plane.
+
+All batched helpers take a leading view dimension N and compute in the dtype of the points/depth they are given.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from .types import Cameras
+
+_ROTATION_TOL = 1e-3
+
+
+def _matrix(value, shape: tuple[int, int], what: str, source: str) -> torch.Tensor:
+    try:
+        m = torch.tensor(value, dtype=torch.float64)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{source}: {what} is not a numeric matrix ({e})") from None
+    if tuple(m.shape) != shape:
+        raise ValueError(f"{source}: {what} has shape {list(m.shape)}, expected {list(shape)}")
+    if not torch.isfinite(m).all():
+        raise ValueError(f"{source}: {what} has non-finite entries")
+    return m
+
+
+def angles_from_camera_to_world(camera_to_world: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Azimuth and elevation in degrees [N] of the camera centres (world +z up, azimuth from +x toward +y, 0..360)."""
+    c = camera_to_world[..., :3, 3]
+    azimuth = torch.rad2deg(torch.atan2(c[..., 1], c[..., 0])) % 360.0
+    elevation = torch.rad2deg(torch.atan2(c[..., 2], torch.hypot(c[..., 0], c[..., 1])))
+    return azimuth, elevation
+
+
+def invert_world_to_camera(world_to_camera: torch.Tensor) -> torch.Tensor:
+    """[..., 3, 4] rigid ``[R|t]`` -> its [..., 4, 4] inverse ``[[R^T, -R^T t], [0, 0, 0, 1]]``."""
+    r = world_to_camera[..., :3, :3]
+    t = world_to_camera[..., :3, 3:]
+    rt = r.transpose(-1, -2)
+    out = torch.zeros(*world_to_camera.shape[:-2], 4, 4, dtype=world_to_camera.dtype)
+    out[..., :3, :3] = rt
+    out[..., :3, 3:] = -rt @ t
+    out[..., 3, 3] = 1.0
+    return out
+
+
+def make_cameras(intrinsics: torch.Tensor, world_to_camera: torch.Tensor, image_size: tuple[int, int],
+                 azimuth_deg: torch.Tensor | None = None, elevation_deg: torch.Tensor | None = None) -> Cameras:
+    """Build a :class:`Cameras` from K [N,3,3] and ``[R|t]`` [N,3,4] (float64); angles default to the centres'."""
+    intrinsics = intrinsics.to(torch.float64)
+    world_to_camera = world_to_camera.to(torch.float64)[..., :3, :4]
+    camera_to_world = invert_world_to_camera(world_to_camera)
+    az, el = angles_from_camera_to_world(camera_to_world)
+    return Cameras(
+        intrinsics=intrinsics,
+        world_to_camera=world_to_camera,
+        camera_to_world=camera_to_world,
+        azimuth_deg=az if azimuth_deg is None else azimuth_deg.to(torch.float64),
+        elevation_deg=el if elevation_deg is None else elevation_deg.to(torch.float64),
+        image_size=(int(image_size[0]), int(image_size[1])),
+        view_index=torch.arange(intrinsics.shape[0], dtype=torch.int64),
+    )
+
+
+def parse_cameras(data: dict, source: str = "cameras.json") -> Cameras:
+    """Parse the cameras.json schema (see ``../shared/data/syncdreamer_cameras.json``) into :class:`Cameras`.
+
+    ``data["views"]`` is a list of objects with ``K`` (3x3) and ``world_to_camera`` (3x4 or 4x4) or
+    ``camera_to_world`` (4x4); optional ``index`` (views are ordered by it and must run 0..N-1), ``image_size``
+    ([height, width] the K is given for; a top-level ``image_size`` is the default) and ``azimuth_deg`` /
+    ``elevation_deg`` (computed from the camera centre when absent). Views whose K is given for another size than the
+    first view's are rescaled to it. Raises ValueError naming ``source`` and the view on any malformed entry.
+    """
+    views = data.get("views") if isinstance(data, dict) else None
+    if not isinstance(views, list) or not views:
+        raise ValueError(f"{source}: expected an object with a non-empty 'views' list")
+    default_size = data.get("image_size")
+    entries = []
+    for pos, v in enumerate(views):
+        if not isinstance(v, dict):
+            raise ValueError(f"{source}: views[{pos}] is not an object")
+        index = v.get("index", pos)
+        if not isinstance(index, int):
+            raise ValueError(f"{source}: views[{pos}] has a non-integer index {index!r}")
+        entries.append((index, pos, v))
+    entries.sort(key=lambda e: e[0])
+    indices = [e[0] for e in entries]
+    if indices != list(range(len(entries))):
+        missing = sorted(set(range(len(entries))) - set(indices))
+        raise ValueError(f"{source}: camera indices must run 0..{len(entries) - 1} without gaps or repeats; "
+                         f"got {indices}" + (f" (missing {missing})" if missing else ""))
+
+    ks, w2cs, sizes, az, el = [], [], [], [], []
+    for index, _, v in entries:
+        where = f"{source}: view {index:02d}"
+        if "K" not in v:
+            raise ValueError(f"{where} has no 'K'")
+        k = _matrix(v["K"], (3, 3), "K", where)
+        if k[0, 0] <= 0 or k[1, 1] <= 0:
+            raise ValueError(f"{where}: K has non-positive focal lengths fx={k[0, 0].item()}, fy={k[1, 1].item()}")
+        if "world_to_camera" in v:
+            raw = v["world_to_camera"]
+            rows = len(raw) if isinstance(raw, list) else 0
+            w2c = _matrix(raw, (4, 4) if rows == 4 else (3, 4), "world_to_camera", where)[:3]
+        elif "camera_to_world" in v:
+            c2w = _matrix(v["camera_to_world"], (4, 4), "camera_to_world", where)
+            w2c = torch.linalg.inv(c2w)[:3]
+        else:
+            raise ValueError(f"{where} has neither 'world_to_camera' nor 'camera_to_world'")
+        r = w2c[:, :3]
+        if (r @ r.T - torch.eye(3, dtype=torch.float64)).abs().max() > _ROTATION_TOL or torch.det(r) < 0:
+            raise ValueError(f"{where}: the rotation part of world_to_camera is not a proper rotation")
+        size = v.get("image_size", default_size)
+        if size is None:
+            raise ValueError(f"{where} has no 'image_size' (and the file has no top-level one)")
+        if (not isinstance(size, (list, tuple)) or len(size) != 2
+                or not all(isinstance(s, (int, float)) and s > 0 for s in size)):
+            raise ValueError(f"{where}: image_size must be [height, width], got {size!r}")
+        ks.append(k)
+        w2cs.append(w2c)
+        sizes.append((int(size[0]), int(size[1])))
+        az.append(v.get("azimuth_deg"))
+        el.append(v.get("elevation_deg"))
+
+    size0 = sizes[0]
+    for i, s in enumerate(sizes):
+        if s != size0:
+            ks[i] = scale_intrinsics(ks[i], s, size0)
+    intrinsics = torch.stack(ks)
+    world_to_camera = torch.stack(w2cs)
+    cams = make_cameras(intrinsics, world_to_camera, size0)
+    if all(a is not None for a in az) and all(e is not None for e in el):
+        cams = replace(cams, azimuth_deg=torch.tensor(az, dtype=torch.float64) % 360.0,
+                       elevation_deg=torch.tensor(el, dtype=torch.float64))
+    return cams
+
+
+def load_cameras(path: str | Path) -> Cameras:
+    """Read a cameras.json file; errors name the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: cameras file does not exist")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path}: not a readable JSON file ({e})") from None
+    return parse_cameras(data, str(path))
+
+
+def orbit_cameras(n: int, image_size: tuple[int, int] = (256, 256), radius: float = 1.5, elevation_deg: float = 30.0,
+                  focal_over_height: float = 280.0 / 256.0, azimuth0_deg: float = 0.0) -> Cameras:
+    """``n`` cameras on a circle looking at the origin, world +z up (SyncDreamer's 16 cameras with the defaults).
+
+    Camera i sits at azimuth ``azimuth0_deg + 360 i / n`` and the given elevation, at ``radius`` from the origin, with
+    fx = fy = ``focal_over_height * height`` and the principal point at the image centre.
+    """
+    h, w = image_size
+    az = torch.tensor([azimuth0_deg + 360.0 * i / n for i in range(n)], dtype=torch.float64)
+    el = torch.full((n,), float(elevation_deg), dtype=torch.float64)
+    a, e = torch.deg2rad(az), torch.deg2rad(el)
+    centre = radius * torch.stack([torch.cos(e) * torch.cos(a), torch.cos(e) * torch.sin(a), torch.sin(e)], -1)
+    forward = -centre / centre.norm(dim=-1, keepdim=True)
+    up = torch.tensor([0.0, 0.0, 1.0], dtype=torch.float64).expand_as(forward)
+    right = torch.linalg.cross(forward, up)
+    right = right / right.norm(dim=-1, keepdim=True)
+    down = torch.linalg.cross(forward, right)
+    r = torch.stack([right, down, forward], dim=-2)  # rows: camera axes in world coordinates
+    t = -(r @ centre.unsqueeze(-1))
+    f = focal_over_height * h
+    k = torch.tensor([[f, 0.0, w / 2.0], [0.0, f, h / 2.0], [0.0, 0.0, 1.0]], dtype=torch.float64)
+    return make_cameras(k.expand(n, 3, 3).clone(), torch.cat([r, t], -1), (h, w), az % 360.0, el)
+
+
+def scale_intrinsics(intrinsics: torch.Tensor, from_size: tuple[int, int], to_size: tuple[int, int]) -> torch.Tensor:
+    """K [...,3,3] for an image of ``from_size`` (h, w) -> K for the same view resized to ``to_size`` (h, w)."""
+    k = intrinsics.clone()
+    k[..., 0, :] *= to_size[1] / from_size[1]
+    k[..., 1, :] *= to_size[0] / from_size[0]
+    return k
+
+
+def pad_intrinsics(intrinsics: torch.Tensor, left: float, top: float) -> torch.Tensor:
+    """K after adding ``left`` columns and ``top`` rows in front of the image (negative values crop)."""
+    k = intrinsics.clone()
+    k[..., 0, 2] += left
+    k[..., 1, 2] += top
+    return k
+
+
+def letterbox_intrinsics(intrinsics: torch.Tensor, from_size: tuple[int, int], resized: tuple[int, int],
+                         offset: tuple[int, int]) -> torch.Tensor:
+    """K after resizing ``from_size`` -> ``resized`` (h, w) and placing it at ``offset`` (top, left) on a canvas."""
+    return pad_intrinsics(scale_intrinsics(intrinsics, from_size, resized), offset[1], offset[0])
+
+
+def letterbox_cameras(cameras: Cameras, resized: tuple[int, int], offset: tuple[int, int],
+                      canvas: tuple[int, int]) -> Cameras:
+    """The cameras of a view set whose images were resized to ``resized`` and padded at ``offset`` onto ``canvas``."""
+    k = letterbox_intrinsics(cameras.intrinsics, cameras.image_size, resized, offset)
+    return replace(cameras, intrinsics=k, image_size=(int(canvas[0]), int(canvas[1])))
+
+
+def pixel_centres(height: int, width: int, dtype: torch.dtype = torch.float32,
+                  device: torch.device | str | None = None) -> torch.Tensor:
+    """[H,W,2] continuous (u, v) coordinates of pixel centres: (col + 0.5, row + 0.5)."""
+    v = torch.arange(height, dtype=dtype, device=device) + 0.5
+    u = torch.arange(width, dtype=dtype, device=device) + 0.5
+    return torch.stack(torch.meshgrid(u, v, indexing="xy"), dim=-1)
+
+
+def unproject(depth: torch.Tensor, intrinsics: torch.Tensor) -> torch.Tensor:
+    """Camera-space points [N,H,W,3] of every pixel centre, from z-depth [N,H,W] and K [N,3,3] (for this H, W).
+
+    ``Xc = z * ((u - cx) / fx, (v - cy) / fy, 1)`` with (u, v) = (col + 0.5, row + 0.5); the result has depth's dtype.
+    Invalid pixels (z = 0) unproject to the camera centre; mask them with the depth's validity.
+    """
+    n, h, w = depth.shape
+    k = intrinsics.to(device=depth.device, dtype=torch.float64)
+    uv = pixel_centres(h, w, torch.float64, depth.device)
+    x = (uv[..., 0] - k[:, 0, 2, None, None]) / k[:, 0, 0, None, None]
+    y = (uv[..., 1] - k[:, 1, 2, None, None]) / k[:, 1, 1, None, None]
+    rays = torch.stack([x.to(depth.dtype), y.to(depth.dtype), torch.ones_like(x, dtype=depth.dtype)], dim=-1)
+    return rays * depth.unsqueeze(-1)
+
+
+def _broadcast_points(points: torch.Tensor, n: int) -> torch.Tensor:
+    """Points [N,...,3] or shared [...,3] -> [N, P, 3] (P = product of the middle dims)."""
+    if points.dim() > 2 and points.shape[0] == n:
+        return points.reshape(n, -1, 3)
+    return points.reshape(1, -1, 3).expand(n, -1, 3)
+
+
+def _out_shape(points: torch.Tensor, n: int) -> tuple[int, ...]:
+    if points.dim() > 2 and points.shape[0] == n:
+        return tuple(points.shape[:-1])
+    return (n, *points.shape[:-1])
+
+
+def camera_to_world(points_camera: torch.Tensor, camera_to_world: torch.Tensor) -> torch.Tensor:
+    """Camera points [N,...,3] of view n -> world points [N,...,3], with ``camera_to_world`` [N,4,4] (or [N,3,4])."""
+    n = camera_to_world.shape[0]
+    m = camera_to_world.to(device=points_camera.device, dtype=points_camera.dtype)
+    p = points_camera.reshape(n, -1, 3)
+    out = p @ m[:, :3, :3].transpose(1, 2) + m[:, None, :3, 3]
+    return out.reshape(points_camera.shape)
+
+
+def world_to_camera(points_world: torch.Tensor, world_to_camera: torch.Tensor) -> torch.Tensor:
+    """World points -> camera points [N,...,3] of each of the N cameras ``world_to_camera`` [N,3,4].
+
+    ``points_world`` is either per view [N,M...,3] (at least 3 dims, first dim N) or one shared set [P,3] (2 dims)
+    seen by every camera; the result is [N,M...,3] or [N,P,3].
+    """
+    n = world_to_camera.shape[0]
+    m = world_to_camera.to(device=points_world.device, dtype=points_world.dtype)
+    shape = _out_shape(points_world, n)
+    p = _broadcast_points(points_world, n)
+    out = p @ m[:, :3, :3].transpose(1, 2) + m[:, None, :3, 3]
+    return out.reshape(*shape, 3)
+
+
+def project(points_world: torch.Tensor, intrinsics: torch.Tensor,
+            world_to_camera_matrices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Project world points into N cameras: returns (pixels [N,...,2] continuous (u, v), z [N,...]).
+
+    ``points_world`` is per view [N,...,3] or shared [...,3] (as in :func:`world_to_camera`). Pixel (col i, row j)
+    covers [i, i+1) x [j, j+1). Points with z <= 0 are behind the camera; their pixels are meaningless (check z).
+    """
+    pc = world_to_camera(points_world, world_to_camera_matrices)
+    n = intrinsics.shape[0]
+    k = intrinsics.to(device=pc.device, dtype=pc.dtype)
+    z = pc[..., 2]
+    zs = torch.where(z.abs() < 1e-12, torch.full_like(z, 1e-12), z)
+    view = (n,) + (1,) * (pc.dim() - 2)
+    u = k[:, 0, 0].view(view) * pc[..., 0] / zs + k[:, 0, 1].view(view) * pc[..., 1] / zs + k[:, 0, 2].view(view)
+    v = k[:, 1, 1].view(view) * pc[..., 1] / zs + k[:, 1, 2].view(view)
+    return torch.stack([u, v], dim=-1), z
+
+
+def depth_to_world(depth: torch.Tensor, cameras: Cameras) -> torch.Tensor:
+    """World points [N,H,W,3] of every pixel of z-depth [N,H,W] taken by ``cameras`` (whose image_size is H, W)."""
+    if tuple(depth.shape[1:]) != tuple(cameras.image_size):
+        raise ValueError(f"depth is {depth.shape[2]}x{depth.shape[1]} but the cameras are for "
+                         f"{cameras.image_size[1]}x{cameras.image_size[0]}")
+    return camera_to_world(unproject(depth, cameras.intrinsics), cameras.camera_to_world)
+
+
+def fov_y_deg(cameras: Cameras) -> torch.Tensor:
+    """Vertical field of view in degrees [N]."""
+    return torch.rad2deg(2 * torch.atan(cameras.image_size[0] / (2 * cameras.intrinsics[:, 1, 1])))
+
+
+__all__ = [
+    "angles_from_camera_to_world", "camera_to_world", "depth_to_world", "fov_y_deg", "invert_world_to_camera",
+    "letterbox_cameras", "letterbox_intrinsics", "load_cameras", "make_cameras", "orbit_cameras", "pad_intrinsics",
+    "parse_cameras", "pixel_centres", "project", "scale_intrinsics", "unproject", "world_to_camera",
+]

@@ -1,0 +1,167 @@
+"""Cameras: the cameras.json schema, SyncDreamer's orbit, intrinsics under resize/pad, (un)projection round trips."""
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from glimpse.cameras import (
+    camera_to_world,
+    depth_to_world,
+    letterbox_cameras,
+    load_cameras,
+    orbit_cameras,
+    parse_cameras,
+    pixel_centres,
+    project,
+    scale_intrinsics,
+    unproject,
+    world_to_camera,
+)
+
+SHARED = Path(__file__).resolve().parents[3] / "shared" / "data"
+CAMERAS_JSON = SHARED / "syncdreamer_cameras.json"
+SAMPLE = SHARED / "sample_views" / "256"
+needs_shared = pytest.mark.skipif(not CAMERAS_JSON.is_file(), reason="../shared/data is not available")
+
+
+@needs_shared
+def test_syncdreamer_file_parses_with_its_stated_angles_and_verification_points():
+    cams = load_cameras(CAMERAS_JSON)
+    assert len(cams) == 16 and cams.image_size == (256, 256)
+    assert torch.allclose(cams.azimuth_deg, torch.arange(16, dtype=torch.float64) * 22.5, atol=1e-6)
+    assert torch.allclose(cams.elevation_deg, torch.full((16,), 30.0, dtype=torch.float64), atol=1e-5)
+    assert torch.equal(cams.view_index, torch.arange(16))
+    data = json.loads(CAMERAS_JSON.read_text())
+    pts = torch.tensor([[0, 0, 0], [0, 0, 0.5], [0, 0.5, 0]], dtype=torch.float64)
+    px, z = project(pts, cams.intrinsics, cams.world_to_camera)
+    assert px.shape == (16, 3, 2) and z.shape == (16, 3) and (z > 0).all()
+    for v in data["verification"]:
+        i = v["view"]
+        assert px[i, 0].tolist() == pytest.approx(v["origin_px"], abs=2e-3)
+        assert px[i, 1].tolist() == pytest.approx(v["up_point_0_0_0p5_px"], abs=2e-3)
+        assert px[i, 2].tolist() == pytest.approx(v["y_point_0_0p5_0_px"], abs=2e-3)
+    # camera_to_world in the file is the inverse we compute
+    c2w = torch.tensor([v["camera_to_world"] for v in data["views"]], dtype=torch.float64)
+    assert torch.allclose(cams.camera_to_world, c2w, atol=1e-6)
+
+
+@needs_shared
+def test_orbit_cameras_reproduce_syncdreamer_16():
+    ref = load_cameras(CAMERAS_JSON)
+    cams = orbit_cameras(16)
+    assert torch.allclose(cams.intrinsics, ref.intrinsics)
+    assert torch.allclose(cams.world_to_camera, ref.world_to_camera, atol=1e-6)
+    assert torch.allclose(cams.azimuth_deg, ref.azimuth_deg, atol=1e-6)
+
+
+def test_angles_computed_from_poses_when_the_file_has_none():
+    cams = orbit_cameras(8, elevation_deg=20.0, azimuth0_deg=10.0)
+    views = [{"index": i, "K": cams.intrinsics[i].tolist(), "world_to_camera": cams.world_to_camera[i].tolist()}
+             for i in range(8)]
+    parsed = parse_cameras({"image_size": [256, 256], "views": views[::-1]})  # order by index, not position
+    assert torch.allclose(parsed.azimuth_deg, 10.0 + 45.0 * torch.arange(8, dtype=torch.float64), atol=1e-9)
+    assert torch.allclose(parsed.elevation_deg, torch.full((8,), 20.0, dtype=torch.float64), atol=1e-9)
+    # camera_to_world alone works too
+    views_c2w = [{"K": cams.intrinsics[i].tolist(), "camera_to_world": cams.camera_to_world[i].tolist(),
+                  "image_size": [256, 256]} for i in range(8)]
+    assert torch.allclose(parse_cameras({"views": views_c2w}).world_to_camera, cams.world_to_camera, atol=1e-9)
+
+
+def test_views_given_at_another_size_are_rescaled_to_the_first():
+    cams = orbit_cameras(2)
+    views = [{"K": scale_intrinsics(cams.intrinsics[i], (256, 256), (512 * (i + 1), 512 * (i + 1))).tolist(),
+              "world_to_camera": cams.world_to_camera[i].tolist(), "image_size": [512 * (i + 1)] * 2}
+             for i in range(2)]
+    parsed = parse_cameras({"views": views})
+    assert parsed.image_size == (512, 512)
+    assert torch.allclose(parsed.intrinsics[1], parsed.intrinsics[0])
+
+
+@pytest.mark.parametrize("mutate, message", [
+    (lambda d: d["views"].pop(3), "indices must run 0..14"),
+    (lambda d: d["views"][2].pop("K"), "view 02 has no 'K'"),
+    (lambda d: d["views"][5].update(world_to_camera=[[1, 0, 0, 0], [0, 1, 0, 0]]), "view 05: world_to_camera"),
+    (lambda d: d["views"][1].update(world_to_camera=[[2, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 0]]),
+     "not a proper rotation"),
+    (lambda d: d["views"][4].pop("image_size"), "view 04 has no 'image_size'"),
+    (lambda d: d.update(views=[]), "non-empty 'views'"),
+])
+def test_malformed_camera_files_name_the_view(tmp_path, mutate, message):
+    cams = orbit_cameras(16)
+    data = {"views": [{"index": i, "K": cams.intrinsics[i].tolist(), "world_to_camera": cams.world_to_camera[i].tolist(),
+                       "image_size": [256, 256]} for i in range(16)]}
+    mutate(data)
+    path = tmp_path / "cameras.json"
+    path.write_text(json.dumps(data))
+    with pytest.raises(ValueError, match=message) as e:
+        load_cameras(path)
+    assert str(path) in str(e.value)
+
+
+def test_missing_or_broken_camera_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_cameras(tmp_path / "cameras.json")
+    (tmp_path / "cameras.json").write_text("{not json")
+    with pytest.raises(ValueError, match="not a readable JSON"):
+        load_cameras(tmp_path / "cameras.json")
+
+
+def test_pixel_centres_are_at_half_integers():
+    uv = pixel_centres(2, 3)
+    assert uv.shape == (2, 3, 2)
+    assert uv[0, 0].tolist() == [0.5, 0.5] and uv[1, 2].tolist() == [2.5, 1.5]
+
+
+def test_unproject_then_project_returns_each_pixel_centre():
+    cams = orbit_cameras(4, (48, 64))
+    depth = torch.rand(4, 48, 64, dtype=torch.float64) + 1.0
+    world = depth_to_world(depth, cams)
+    assert world.shape == (4, 48, 64, 3)
+    px, z = project(world, cams.intrinsics, cams.world_to_camera)
+    assert torch.allclose(z, depth, atol=1e-9)
+    assert torch.allclose(px, pixel_centres(48, 64, torch.float64).expand(4, -1, -1, -1), atol=1e-9)
+    # the explicit steps agree with the helper
+    cam_pts = unproject(depth, cams.intrinsics)
+    assert torch.allclose(camera_to_world(cam_pts, cams.camera_to_world), world)
+    assert torch.allclose(world_to_camera(world, cams.world_to_camera), cam_pts, atol=1e-9)
+
+
+def test_shared_points_project_into_every_camera():
+    cams = orbit_cameras(16)
+    pts = torch.zeros(5, 3)
+    px, z = project(pts, cams.intrinsics, cams.world_to_camera)
+    assert px.shape == (16, 5, 2) and px.dtype == torch.float32
+    assert torch.allclose(px, torch.full_like(px, 128.0), atol=1e-4)
+    assert torch.allclose(z, torch.full_like(z, 1.5), atol=1e-5)
+
+
+@needs_shared
+def test_sample_depth_is_consistent_across_views_with_these_conventions():
+    """Unproject view i's renderer depth and reproject it into view i+1: where visible, it hits view i+1's depth."""
+    cams = load_cameras(SAMPLE / "cameras.json")
+    depth = torch.from_numpy(np.stack([np.load(SAMPLE / f"view_{i:02d}_depth.npz")["depth"] for i in range(16)]))
+    world = depth_to_world(depth.double(), cams)
+    for i in (0, 5, 11):
+        j = (i + 1) % 16
+        pts = world[i][depth[i] > 0]
+        px, z = project(pts, cams.intrinsics[j:j + 1], cams.world_to_camera[j:j + 1])
+        col, row = px[0, :, 0].floor().long(), px[0, :, 1].floor().long()
+        inside = (col >= 0) & (col < 256) & (row >= 0) & (row < 256)
+        seen = depth[j][row[inside], col[inside]].double()
+        visible = (seen > 0) & ((seen - z[0][inside]).abs() < 0.02)
+        assert visible.float().mean() > 0.6  # most of the surface seen by view i is also seen by its neighbour
+        err = (seen[visible] - z[0][inside][visible]).abs().median()
+        assert err < 2e-3
+
+
+def test_letterbox_intrinsics_map_projections_exactly():
+    cams = orbit_cameras(16, (96, 160))
+    pts = torch.tensor([[0.1, -0.2, 0.3], [0.0, 0.0, 0.0], [-0.3, 0.25, -0.1]], dtype=torch.float64)
+    px, _ = project(pts, cams.intrinsics, cams.world_to_camera)
+    lb = letterbox_cameras(cams, resized=(77, 128), offset=(25, 0), canvas=(128, 128))
+    assert lb.image_size == (128, 128)
+    px2, _ = project(pts, lb.intrinsics, lb.world_to_camera)
+    expect = torch.stack([px[..., 0] * 128 / 160, px[..., 1] * 77 / 96 + 25], -1)
+    assert torch.allclose(px2, expect, atol=1e-9)
