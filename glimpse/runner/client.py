@@ -116,11 +116,11 @@ class ComfyClient:
         try:
             return self._json("GET", "/system_stats", timeout=CONNECT_TIMEOUT)
         except urllib.error.HTTPError as e:
-            raise ServerUnreachable(f"{self.url} answered HTTP {e.code} on /system_stats: not a ComfyUI server?") \
-                from None
+            raise ServerUnreachable(f"ComfyUI server {self.url} is unreachable (HTTP {e.code} on /system_stats: not a "
+                                    "ComfyUI server, or a proxy in between?)") from None
         except json.JSONDecodeError:
-            raise ServerUnreachable(f"{self.url} did not answer /system_stats with JSON: not a ComfyUI server?") \
-                from None
+            raise ServerUnreachable(f"ComfyUI server {self.url} is unreachable (/system_stats is not JSON: not a "
+                                    "ComfyUI server?)") from None
 
     def object_info(self) -> dict:
         return self._json("GET", "/object_info")

@@ -102,8 +102,12 @@ class EmbeddedComfy:
         self.log(f"starting ComfyUI from {comfy} on {self.url}{' (CPU)' if self.cpu else ''}")
         logf = open(self.base / "comfyui.log", "wb")  # closed in stop()
         self._logf = logf
-        self.proc = subprocess.Popen(cmd, cwd=comfy, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                     start_new_session=True)
+        env = dict(os.environ)
+        if pack is not None:  # ComfyUI must not find this checkout's `nodes` package as its own `nodes` module
+            env["PYTHONPATH"] = os.pathsep.join(p for p in env.get("PYTHONPATH", "").split(os.pathsep)
+                                                if p and os.path.realpath(p) != str(pack))
+        self.proc = subprocess.Popen(cmd, cwd=comfy, env=env, stdout=logf, stderr=subprocess.STDOUT,
+                                     stdin=subprocess.DEVNULL, start_new_session=True)
         client = ComfyClient(self.url)
         deadline = time.monotonic() + self.start_timeout
         t0 = time.monotonic()

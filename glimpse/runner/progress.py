@@ -27,6 +27,11 @@ class Progress:
         self.lock = threading.Lock()
         self._drawn = False
 
+    def start(self) -> None:
+        """Start the clock (s/view and ETA count from the first queued chunk, not from the server start)."""
+        with self.lock:
+            self.t0 = time.monotonic()
+
     def seconds_per_view(self) -> float | None:
         new = self.done - self.skipped
         return (time.monotonic() - self.t0) / new if new > 0 else None

@@ -335,6 +335,7 @@ class Runner:
         self._alive_lock = threading.Lock()
         threads = [threading.Thread(target=self._worker, args=(c, work, alive), daemon=True,
                                     name=f"glimpse-{c.url}") for c in clients]
+        self.progress.start()
         for t in threads:
             t.start()
         try:
