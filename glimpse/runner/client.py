@@ -166,8 +166,9 @@ class ComfyClient:
         q = urllib.parse.urlencode({"filename": filename, "subfolder": subfolder, "type": type})
         return self._request("GET", f"/view?{q}")
 
-    def interrupt(self) -> None:
-        self._json("POST", "/interrupt", {}, timeout=CONNECT_TIMEOUT)
+    def interrupt(self, prompt_id: str) -> None:
+        """Interrupt ``prompt_id`` only when it is the one running (other clients' prompts are left alone)."""
+        self._json("POST", "/interrupt", {"prompt_id": prompt_id}, timeout=CONNECT_TIMEOUT)
 
     def delete_queued(self, prompt_ids: list[str]) -> None:
         self._json("POST", "/queue", {"delete": list(prompt_ids)}, timeout=CONNECT_TIMEOUT)
@@ -194,7 +195,7 @@ class ComfyClient:
                 if stop is not None and stop.is_set():
                     try:
                         self.delete_queued([prompt_id])
-                        self.interrupt()
+                        self.interrupt(prompt_id)
                     except (ServerUnreachable, urllib.error.HTTPError):
                         pass
                     raise Interrupted(f"{source} interrupted")

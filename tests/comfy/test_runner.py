@@ -1,0 +1,230 @@
+"""The headless runner against real ComfyUI servers, driven as users drive it: the `glimpse-enhance` command.
+
+These tests prove the runner's mechanics (upload, queueing, progress, collecting outputs, resume, several servers,
+errors reaching the terminal) with a per-view workflow of core nodes (tests/comfy/data/core_per_view.json: LoadImage
+-> ImageScale -> ImageBlur -> ImageScale -> SaveImage), so they need no model. The servers are the runner's own
+embedded ComfyUI (glimpse.runner.embedded), started once per module.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from glimpse.runner.embedded import EmbeddedComfy
+
+pytestmark = pytest.mark.server
+
+REPO = Path(__file__).resolve().parents[2]
+CORE_WF = Path(__file__).parent / "data" / "core_per_view.json"
+SAMPLE_CANDIDATES = (REPO / "examples" / "fox", REPO.parent / "shared" / "data" / "sample_views" / "256")
+
+
+def sample_set() -> Path:
+    for p in SAMPLE_CANDIDATES:
+        if (p / "cameras.json").is_file():
+            return p
+    pytest.skip("no sample view set (examples/fox or ../shared/data/sample_views/256)")
+
+
+@pytest.fixture(scope="module")
+def servers():
+    started = []
+    try:
+        for _ in range(2):
+            e = EmbeddedComfy(cpu=True)
+            e.start()
+            started.append(e)
+        yield [e.url for e in started]
+    finally:
+        for e in started:
+            e.stop()
+
+
+@pytest.fixture
+def views(tmp_path) -> Path:
+    dst = tmp_path / "views"
+    shutil.copytree(sample_set(), dst, ignore=shutil.ignore_patterns("clean"))
+    return dst
+
+
+def workflow(tmp_path, work_px: int = 512, **node_inputs) -> Path:
+    """The core per-view workflow; ``work_px`` sets how much blurring each view costs."""
+    wf = json.loads(CORE_WF.read_text())
+    wf["2"]["inputs"].update(width=work_px, height=work_px)
+    for key, value in node_inputs.items():
+        nid, name = key.split("__")
+        wf[nid]["inputs"][name] = value
+    p = tmp_path / f"wf_{work_px}.json"
+    p.write_text(json.dumps(wf))
+    return p
+
+
+def cli(*args, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "glimpse.cli", *map(str, args)], capture_output=True, text=True,
+                          timeout=600, cwd=REPO, **kw)
+
+
+def start_cli(*args) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "glimpse.cli", *map(str, args)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, cwd=REPO)
+
+
+def manifest(out: Path) -> dict:
+    return json.loads((out / "manifest.json").read_text())
+
+
+def wait_for_views(out: Path, n: int, proc: subprocess.Popen, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while len(list(out.glob("view_*.png"))) < n:
+        assert proc.poll() is None, f"the run ended early: {proc.communicate()}"
+        assert time.monotonic() < deadline, f"fewer than {n} views after {timeout} s"
+        time.sleep(0.05)
+
+
+def test_run_writes_every_view_and_a_rerun_skips_them(servers, views, tmp_path):
+    out = tmp_path / "out"
+    r = cli("run", views, "--out", out, "--workflow", workflow(tmp_path), "--server", servers[0])
+    assert r.returncode == 0, r.stderr
+    names = sorted(p.name for p in out.glob("view_*.png"))
+    assert names == [f"view_{i:02d}.png" for i in range(16)]
+    with Image.open(out / "view_07.png") as im:
+        assert im.size == (64, 64)
+    m = manifest(out)
+    assert m["complete"] and m["missing_views"] == [] and len(m["views"]) == 16
+    assert m["timing"]["views"] == 16 and m["timing"]["overhead_per_view_s"] > 0
+    assert "views 16/16" in r.stderr and "s/view" in r.stderr and "ETA" in r.stderr
+    stamps = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+
+    again = cli("run", views, "--out", out, "--workflow", workflow(tmp_path), "--server", servers[0])
+    assert again.returncode == 0, again.stderr
+    assert "16 already done (skipped), 0 to run" in again.stderr
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir() if p.name != "manifest.json"} == \
+        {k: v for k, v in stamps.items() if k != "manifest.json"}
+
+    changed = cli("run", views, "--out", out, "--workflow", workflow(tmp_path, 256), "--server", servers[0])
+    assert changed.returncode == 0 and "0 already done (skipped), 16 to run" in changed.stderr, \
+        "a different workflow reruns every view"
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL])
+def test_killed_run_resumes_with_nothing_lost(servers, views, tmp_path, sig):
+    out = tmp_path / "out"
+    wf = workflow(tmp_path, 1024)
+    proc = start_cli("run", views, "--out", out, "--workflow", wf, "--server", servers[0])
+    wait_for_views(out, 3, proc)
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=60)
+    first = manifest(out)
+    done = sorted(int(k) for k in first["views"])
+    on_disk = sorted(int(p.stem[5:]) for p in out.glob("view_*.png"))
+    assert len(done) >= 3 and first["missing_views"] and not first["complete"]
+    assert set(done) <= set(on_disk), "every view in the manifest is on disk"
+    if sig == signal.SIGINT:
+        assert proc.returncode == 130 and "missing views (rerun the same command to resume)" in err
+        assert sorted(first["missing_views"] + done) == list(range(16))
+    stamps = {v: (out / f"view_{v:02d}.png").stat().st_mtime_ns for v in done}
+
+    r = cli("run", views, "--out", out, "--workflow", wf, "--server", servers[0])
+    assert r.returncode == 0, r.stderr
+    assert f"{len(done)} already done (skipped), {16 - len(done)} to run" in r.stderr
+    m = manifest(out)
+    assert m["complete"] and sorted(int(k) for k in m["views"]) == list(range(16))
+    assert {v: (out / f"view_{v:02d}.png").stat().st_mtime_ns for v in done} == stamps, "finished views kept"
+
+
+def test_two_servers_share_one_set(servers, views, tmp_path):
+    out = tmp_path / "out"
+    r = cli("run", views, "--out", out, "--workflow", workflow(tmp_path, 1024), "--server", *servers)
+    assert r.returncode == 0, r.stderr
+    m = manifest(out)
+    assert m["complete"]
+    used = {v["server"] for v in m["views"].values()}
+    assert used == set(servers), f"views per server: {[v['server'] for v in m['views'].values()]}"
+
+
+def test_a_dead_servers_views_move_to_the_other(servers, views, tmp_path):
+    doomed = EmbeddedComfy(cpu=True)
+    doomed.start()
+    out = tmp_path / "out"
+    try:
+        proc = start_cli("run", views, "--out", out, "--workflow", workflow(tmp_path, 1024), "--server", doomed.url,
+                         servers[0])
+        wait_for_views(out, 2, proc)
+        doomed.proc.kill()
+        _, err = proc.communicate(timeout=300)
+    finally:
+        doomed.stop()
+    assert proc.returncode == 0, err
+    assert "server lost" in err and f"its views move to {servers[0]}" in err
+    m = manifest(out)
+    assert m["complete"] and len(m["views"]) == 16
+
+
+def test_a_failing_view_reports_the_nodes_message(servers, views, tmp_path):
+    (views / "view_03.png").write_bytes(b"this is not a png")
+    out = tmp_path / "out"
+    r = cli("run", views, "--out", out, "--workflow", workflow(tmp_path), "--server", servers[0], "--chunk", "1")
+    assert r.returncode == 1
+    assert "node 1 (LoadImage) failed" in r.stderr and "view_03.png" in r.stderr, r.stderr
+    m = manifest(out)
+    assert 3 in m["missing_views"] and not m["complete"]
+
+
+def test_a_rejected_prompt_lists_its_node_errors(servers, views, tmp_path):
+    out = tmp_path / "out"
+    r = cli("run", views, "--out", out, "--workflow", workflow(tmp_path, **{"2__upscale_method": "sideways"}),
+            "--server", servers[0])
+    assert r.returncode == 1
+    assert "node 2 (ImageScale) input 'upscale_method': Value not in list" in r.stderr, r.stderr
+    assert "sideways" in r.stderr
+
+
+def test_embedded_server_starts_and_stops(views, tmp_path):
+    small = tmp_path / "small"
+    small.mkdir()
+    for i in range(2):
+        shutil.copy(views / f"view_{i:02d}.png", small)
+    shutil.copy(views / "cameras.json", small)
+    out = tmp_path / "out"
+    r = cli("run", small, "--out", out, "--workflow", workflow(tmp_path), "--cpu",
+            env=dict(os.environ, COMFYUI_PATH=os.environ["COMFYUI_PATH"]))
+    assert r.returncode == 0, r.stderr
+    assert "starting ComfyUI from" in r.stderr and "ComfyUI ready after" in r.stderr
+    url = r.stderr.split("starting ComfyUI from ")[1].split(" on ")[1].split()[0]
+    from glimpse.runner.client import ComfyClient, ServerUnreachable
+
+    with pytest.raises(ServerUnreachable):
+        ComfyClient(url).check()
+    assert manifest(out)["complete"]
+
+
+def test_loop_chains_rounds_and_stops_on_a_failing_command(servers, views, tmp_path):
+    work = tmp_path / "work"
+    refit = "echo refit {round} > {round_dir}/refit.txt"
+    render = "cp {enhanced_dir}/view_*.png {render_dir}/"
+    r = cli("loop", views, "--work", work, "--rounds", 2, "--refit-cmd", refit, "--render-cmd", render,
+            "--workflow", workflow(tmp_path), "--server", servers[0])
+    assert r.returncode == 0, r.stderr
+    for rnd in (1, 2):
+        assert (work / f"round_{rnd}" / "refit.txt").read_text().strip() == f"refit {rnd}"
+        assert len(list((work / f"round_{rnd}" / "enhanced").glob("view_*.png"))) == 16
+        assert (work / f"round_{rnd}" / "render" / "cameras.json").is_file()
+    assert manifest(work / "round_2" / "enhanced")["viewset"] == str((work / "round_1" / "render").resolve())
+
+    again = cli("loop", views, "--work", work, "--rounds", 2, "--refit-cmd", refit, "--render-cmd", render,
+                "--workflow", workflow(tmp_path), "--server", servers[0])
+    assert again.returncode == 0 and again.stderr.count("finished in an earlier run, skipped") == 2
+
+    bad = cli("loop", views, "--work", tmp_path / "work2", "--rounds", 2, "--refit-cmd", "exit 3",
+              "--render-cmd", render, "--workflow", workflow(tmp_path), "--server", servers[0])
+    assert bad.returncode == 3
+    assert "round 1: the refit command failed with exit code 3: exit 3" in bad.stderr
