@@ -42,7 +42,7 @@ from .client import ComfyClient, ExecutionFailed, Interrupted, PromptRejected, S
 from .embedded import EmbeddedComfy, EmbeddedError
 from .progress import Progress
 from .viewset import ViewSetError, chunk_views, files_hash, find_viewsets, selection_string, view_indices, viewset_files
-from .workflow import OverrideError, WorkflowError, apply_overrides, load_workflow, resolve_workflow, workflow_mode
+from .workflow import MEMORY_PRESET, OverrideError, WorkflowError, apply_overrides, load_workflow, resolve_workflow, workflow_mode
 
 DEFAULT_CHUNK = 4
 USER_OPTIONS = ("preset", "steps", "strength", "seed", "subject", "template", "resolution", "save_hints")
@@ -149,17 +149,21 @@ def output_files(history: dict) -> list[dict]:
     return found
 
 
-def preset_chunk(preset: str | None, workflow: dict) -> int:
-    """Views per prompt: the preset's views_per_chunk (--preset, else the workflow's MemoryPreset), else 4."""
-    if preset is None:
-        presets = [n["inputs"].get("preset") for n in workflow.values() if n["class_type"] == "MemoryPreset"]
-        preset = presets[0] if presets and isinstance(presets[0], str) else None
+def preset_chunk(workflow: dict) -> int:
+    """Views per prompt: the workflow's MemoryPreset views_per_chunk (named preset or custom field), else 4."""
     try:
         from ..presets import PRESETS
     except ImportError:
         return DEFAULT_CHUNK
-    s = PRESETS.get(preset) if preset else None
-    return s.views_per_chunk if s is not None else DEFAULT_CHUNK
+    for n in workflow.values():
+        if n["class_type"] == MEMORY_PRESET:
+            inputs = n["inputs"]
+            named = PRESETS.get(inputs.get("preset"))
+            if inputs.get("preset") == "custom" and isinstance(inputs.get("views_per_chunk"), int):
+                return inputs["views_per_chunk"]
+            if named is not None:
+                return named.views_per_chunk
+    return DEFAULT_CHUNK
 
 
 def compute_scores(job: SetJob) -> dict | None:
@@ -203,7 +207,7 @@ class Runner:
             raise RunError(str(e), 2) from None
         if o.chunk is not None and o.chunk < 1:
             raise RunError(f"--chunk must be at least 1, got {o.chunk}", 2)
-        self.chunk = 1 if self.mode == "per-view" else (o.chunk or preset_chunk(user.get("preset"), wf))
+        self.chunk = 1 if self.mode == "per-view" else o.chunk  # None: the preset's, decided in execute()
         check_writable(self.out)
         for folder in sets:
             out_dir = self.out if len(sets) == 1 else self.out / folder.name
@@ -314,7 +318,7 @@ class Runner:
                 self.stop.set()
                 return
 
-    def execute(self, servers: list[str]) -> None:
+    def check_servers(self, servers: list[str]) -> list[ComfyClient]:
         clients = []
         for url in servers:
             c = ComfyClient(url)
@@ -327,6 +331,13 @@ class Runner:
                 self.progress.message(f"skipping {e}")
         if not clients:
             raise RunError(f"none of the servers is reachable: {', '.join(servers)}", 2)
+        return clients
+
+    def execute(self, servers: list[str]) -> None:
+        clients = self.check_servers(servers)
+        if self.chunk is None:  # after the server check: the presets module imports torch, which takes seconds
+            self.chunk = preset_chunk(self.jobs[0].workflow)
+        self.progress.message(f"{len(clients)} server(s), {self.chunk} view(s) per prompt")
         work: queue.Queue = queue.Queue()
         for job in self.jobs:
             for views in chunk_views(job.manifest["missing_views"], self.chunk):
@@ -383,7 +394,7 @@ def run(opts: RunOptions) -> int:
     todo = sum(len(j.manifest["missing_views"]) for j in r.jobs)
     r.progress = Progress(total, total - todo, stream, opts.tty)
     say(f"workflow {r.workflow_path} ({r.mode} mode); {len(r.jobs)} set(s), {total} views, "
-        f"{total - todo} already done (skipped), {todo} to run" + (f", chunks of {r.chunk}" if todo else ""))
+        f"{total - todo} already done (skipped), {todo} to run")
     for a in r.applied:
         say(f"  override {a}")
     embedded = None

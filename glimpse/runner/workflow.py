@@ -27,26 +27,39 @@ DEFAULT_WORKFLOW = "t4"
 
 @dataclass(frozen=True)
 class Override:
-    """One runner option and the (class_type, input) pairs it sets, first match wins per node class."""
+    """One runner option and the (class_type, input) pairs it sets.
+
+    ``every=False``: the first target class present in the workflow gets the value (on every node of that class).
+    ``every=True``: every target present gets it (an option that has to reach two places to take effect).
+    ``convert``: the type the input takes (the step counts are combo strings).
+    """
 
     option: str
     targets: tuple[tuple[str, str], ...]
     help: str
+    every: bool = False
+    convert: type | None = None
 
 
-# The one table of what the runner may change in a workflow. Order of targets: the first class present is used;
-# every node of that class gets the value (a workflow with two samplers gets one seed for both, as the design asks).
+MEMORY_PRESET = "GlimpseMemoryPreset"
+# The one table of what the runner may change in a workflow (node ids as the pack registers them).
+# LightningLoader's strength and LoadViewSet's resolution are ignored when GLIMPSE_SETTINGS are wired in, and a named
+# MemoryPreset ignores its own fields, so --strength/--resolution also go to MemoryPreset, which the runner then turns
+# into preset "custom" holding the named preset's values plus the override (see ``_customise_presets``).
 OVERRIDES: tuple[Override, ...] = (
     Override("path", (("LoadViewSet", "path"),), "view set folder, relative to ComfyUI's input folder"),
     Override("views", (("LoadViewSet", "views"),), "selection of views for one chunk, e.g. 4-7"),
-    Override("preset", (("MemoryPreset", "preset"),), "memory/speed preset"),
-    Override("steps", (("LightningLoader", "steps"),), "Lightning step count"),
-    Override("strength", (("LightningLoader", "strength"),), "img2img strength"),
+    Override("preset", ((MEMORY_PRESET, "preset"),), "memory/speed preset"),
+    Override("steps", (("GlimpseLightningLoader", "steps"), (MEMORY_PRESET, "steps")),
+             "Lightning step count (LightningLoader's widget wins over the preset)", convert=str),
+    Override("strength", (("GlimpseLightningLoader", "strength"), (MEMORY_PRESET, "strength")), "img2img strength",
+             every=True),
     Override("seed", (("KSamplerAdvanced", "noise_seed"), ("RandomNoise", "noise_seed"), ("KSampler", "seed")),
              "noise seed shared by every view"),
     Override("subject", (("GlimpsePrompt", "subject"),), "prompt subject"),
     Override("template", (("GlimpsePrompt", "template"),), "prompt template"),
-    Override("resolution", (("LoadViewSet", "resolution"), ("MemoryPreset", "resolution")), "working resolution"),
+    Override("resolution", (("LoadViewSet", "resolution"), (MEMORY_PRESET, "resolution")), "working resolution",
+             every=True),
     Override("subfolder", (("SaveViewSet", "subfolder"),), "output subfolder of SaveViewSet"),
     Override("save_hints", (("SaveViewSet", "save_hints"),), "also save the depth hints"),
     # per-view workflows (plain image graphs run once per view)
@@ -131,9 +144,9 @@ def workflow_mode(workflow: dict) -> str:
                         "the view set into")
 
 
-def _find_target(workflow: dict, override: Override) -> tuple[list[str], str, str] | str:
-    """Node ids, class and input to set for ``override``, or the reason it cannot be applied."""
-    reasons = []
+def _targets(workflow: dict, override: Override) -> list[tuple[list[str], str, str]] | str:
+    """[(node ids, class, input)] to set for ``override``, or the reason it cannot be applied anywhere."""
+    found, reasons = [], []
     for class_type, input_name in override.targets:
         ids = [nid for nid, n in workflow.items() if n["class_type"] == class_type]
         if not ids:
@@ -148,8 +161,31 @@ def _find_target(workflow: dict, override: Override) -> tuple[list[str], str, st
             src = workflow[linked[0]]["inputs"][input_name][0]
             reasons.append(f"{class_type} node {linked[0]} input '{input_name}' is wired to node {src}")
             continue
-        return ids, class_type, input_name
-    return "; ".join(reasons)
+        found.append((ids, class_type, input_name))
+        if not override.every:
+            break
+    return found or "; ".join(reasons)
+
+
+def _customise_presets(workflow: dict, overridden_fields: dict[str, set[str]], applied: list[str]) -> None:
+    """A named MemoryPreset whose own fields were overridden becomes ``custom`` with the named preset's values."""
+    if not overridden_fields:
+        return  # (glimpse.presets imports torch: seconds, which an unreachable-server error must not wait for)
+    try:
+        from ..presets import PRESETS
+    except ImportError:
+        return
+    for nid, overridden in sorted(overridden_fields.items()):
+        inputs = workflow[nid]["inputs"]
+        named = PRESETS.get(inputs.get("preset"))
+        if named is None or inputs.get("preset") == "custom":
+            continue
+        for field_name, value in vars(named).items():
+            if field_name in inputs and field_name not in overridden and field_name != "preset":
+                inputs[field_name] = str(value) if field_name == "steps" else value
+        applied.append(f"{MEMORY_PRESET}.preset = 'custom' (node {nid}): preset {named.preset}'s values with "
+                       f"{', '.join(sorted(overridden))} overridden")
+        inputs["preset"] = "custom"
 
 
 def apply_overrides(workflow: dict, values: dict, source: str = "workflow") -> tuple[dict, list[str]]:
@@ -158,18 +194,24 @@ def apply_overrides(workflow: dict, values: dict, source: str = "workflow") -> t
     Raises OverrideError naming each option whose node/input is absent, and KeyError for an unknown option.
     """
     out = copy.deepcopy(workflow)
-    applied, problems = [], {}
+    applied, problems, presets = [], {}, {}
     for option, value in values.items():
         if value is None:
             continue
-        target = _find_target(out, OVERRIDE_BY_OPTION[option])
-        if isinstance(target, str):
-            problems[option] = target
+        override = OVERRIDE_BY_OPTION[option]
+        targets = _targets(out, override)
+        if isinstance(targets, str):
+            problems[option] = targets
             continue
-        ids, class_type, input_name = target
-        for nid in ids:
-            out[nid]["inputs"][input_name] = value
-        applied.append(f"{class_type}.{input_name} = {value!r} (node {', '.join(ids)})")
+        if override.convert is not None:
+            value = override.convert(value)
+        for ids, class_type, input_name in targets:
+            for nid in ids:
+                out[nid]["inputs"][input_name] = value
+                if class_type == MEMORY_PRESET and input_name != "preset":
+                    presets.setdefault(nid, set()).add(input_name)
+            applied.append(f"{class_type}.{input_name} = {value!r} (node {', '.join(ids)})")
+    _customise_presets(out, presets, applied)
     if problems:
         raise OverrideError(problems, source)
     return out, applied

@@ -8,8 +8,9 @@ from glimpse.runner.workflow import (OVERRIDES, OverrideError, WorkflowError, ap
 
 SET_WF = {
     "1": {"class_type": "LoadViewSet", "inputs": {"path": "set", "views": "all", "resolution": 1024}},
-    "2": {"class_type": "MemoryPreset", "inputs": {"preset": "t4_balanced"}},
-    "3": {"class_type": "LightningLoader", "inputs": {"steps": 4, "strength": 0.75, "settings": ["2", 0]}},
+    "2": {"class_type": "GlimpseMemoryPreset", "inputs": {"preset": "t4_balanced", "steps": "4", "strength": 0.75,
+                                                          "resolution": 1024, "views_per_chunk": 1}},
+    "3": {"class_type": "GlimpseLightningLoader", "inputs": {"steps": "auto", "strength": 0.75, "settings": ["2", 0]}},
     "4": {"class_type": "KSamplerAdvanced", "inputs": {"noise_seed": 1, "model": ["3", 0]}},
     "5": {"class_type": "GlimpsePrompt", "inputs": {"subject": "a fox", "template": "default"}},
     "6": {"class_type": "SaveViewSet", "inputs": {"subfolder": "glimpse", "save_hints": False, "images": ["4", 0]}},
@@ -21,12 +22,14 @@ def test_every_option_lands_on_its_class_and_input():
               "subject": "a cat", "template": "product", "resolution": 768, "subfolder": "out/x", "save_hints": True}
     wf, applied = apply_overrides(SET_WF, values)
     assert wf["1"]["inputs"] == {"path": "glimpse/abc", "views": "4-7", "resolution": 768}
-    assert wf["2"]["inputs"]["preset"] == "speed"
-    assert wf["3"]["inputs"] == {"steps": 2, "strength": 0.5, "settings": ["2", 0]}
+    # strength/resolution reach the preset, which becomes custom with the speed preset's other values
+    assert wf["2"]["inputs"] == {"preset": "custom", "steps": "2", "strength": 0.5, "resolution": 768,
+                                 "views_per_chunk": 4}
+    assert wf["3"]["inputs"] == {"steps": "2", "strength": 0.5, "settings": ["2", 0]}
     assert wf["4"]["inputs"]["noise_seed"] == 7
     assert wf["5"]["inputs"] == {"subject": "a cat", "template": "product"}
     assert wf["6"]["inputs"]["subfolder"] == "out/x" and wf["6"]["inputs"]["save_hints"] is True
-    assert len(applied) == len(values)
+    assert len(applied) == len(values) + 2 + 1  # strength and resolution land twice, plus the custom preset
     assert SET_WF["1"]["inputs"]["views"] == "all", "the original workflow is not modified"
 
 
@@ -36,11 +39,12 @@ def test_none_values_are_not_applied():
 
 
 def test_missing_node_and_input_are_named():
-    wf = {k: v for k, v in SET_WF.items() if v["class_type"] != "LightningLoader"}
+    wf = {k: v for k, v in SET_WF.items() if v["class_type"] not in ("GlimpseLightningLoader", "GlimpseMemoryPreset")}
     with pytest.raises(OverrideError) as e:
         apply_overrides(wf, {"steps": 2, "seed": 3, "template": "x"}, "my.json")
     assert set(e.value.problems) == {"steps"}
-    assert "--steps: no LightningLoader node" in str(e.value) and "my.json" in str(e.value)
+    assert "--steps: no GlimpseLightningLoader node; no GlimpseMemoryPreset node" in str(e.value)
+    assert "my.json" in str(e.value)
     wf2 = json.loads(json.dumps(SET_WF))
     del wf2["5"]["inputs"]["template"]
     with pytest.raises(OverrideError, match="GlimpsePrompt node 5 has no input 'template'"):
@@ -56,9 +60,14 @@ def test_wired_input_is_not_overwritten():
 
 def test_seed_falls_back_to_random_noise_and_resolution_to_memory_preset():
     wf = {"1": {"class_type": "RandomNoise", "inputs": {"noise_seed": 0}},
-          "2": {"class_type": "MemoryPreset", "inputs": {"preset": "custom", "resolution": 1024}}}
+          "2": {"class_type": "GlimpseMemoryPreset", "inputs": {"preset": "custom", "resolution": 1024}}}
     out, _ = apply_overrides(wf, {"seed": 42, "resolution": 512})
     assert out["1"]["inputs"]["noise_seed"] == 42 and out["2"]["inputs"]["resolution"] == 512
+
+
+def test_named_preset_stays_named_without_field_overrides():
+    wf, _ = apply_overrides(SET_WF, {"steps": 8, "seed": 1})
+    assert wf["2"]["inputs"]["preset"] == "t4_balanced" and wf["3"]["inputs"]["steps"] == "8"
 
 
 def test_override_table_has_one_entry_per_option():
