@@ -1,0 +1,71 @@
+"""Put the enhanced pixels back where they are trusted: ``out = lerp(original, enhanced, weight)``.
+
+``torch.lerp`` is exact at its ends, so weight 1 gives the enhanced value bit for bit and weight 0 the original one.
+Weights come from :func:`glimpse.confidence.blend_weights` (0 on background and untrusted pixels).
+"""
+from __future__ import annotations
+
+import torch
+
+from .confidence import confidence_weights, upsample_weight
+from .types import Cameras, DepthMaps
+
+
+def _check_images(original: torch.Tensor, enhanced: torch.Tensor) -> None:
+    if original.dim() != 4 or enhanced.dim() != 4:
+        raise ValueError(f"images must be [N,H,W,C]; got original {list(original.shape)}, "
+                         f"enhanced {list(enhanced.shape)}")
+    if original.shape[0] != enhanced.shape[0]:
+        raise ValueError(f"{original.shape[0]} original views but {enhanced.shape[0]} enhanced views")
+    if original.shape[1:3] != enhanced.shape[1:3]:
+        raise ValueError(f"enhanced views are {enhanced.shape[2]}x{enhanced.shape[1]} but the originals are "
+                         f"{original.shape[2]}x{original.shape[1]}; resize one to the other first")
+
+
+def blend(original: torch.Tensor, enhanced: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """[N,H,W,C] images and a weight [N,H,W] in [0, 1] -> [N,H,W,C]; channels beyond the enhanced image's (an alpha
+    channel of the original) are kept from the original."""
+    _check_images(original, enhanced)
+    out = torch.empty_like(original)
+    for i in range(original.shape[0]):  # per view: temporaries stay small enough for the allocator to reuse them
+        _blend_view(out[i], original[i], enhanced[i], weight[i])
+    return out
+
+
+def _blend_view(out: torch.Tensor, original: torch.Tensor, enhanced: torch.Tensor, weight: torch.Tensor) -> None:
+    c = min(original.shape[-1], enhanced.shape[-1])
+    w = weight.to(device=original.device, dtype=original.dtype)[..., None]
+    torch.lerp(original[..., :c], enhanced[..., :c].to(original.device, original.dtype), w, out=out[..., :c])
+    if original.shape[-1] > c:
+        out[..., c:] = original[..., c:]
+
+
+def confidence_blend(original: torch.Tensor, enhanced: torch.Tensor, alpha: torch.Tensor, depth: DepthMaps,
+                     cameras: Cameras, *, threshold: float = 0.6, feather_radius: int = 6,
+                     weights: dict[str, float] | None = None, edge_radius: int = 8, work_size: int | None = 512,
+                     ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+    """The whole ConfidenceBlend: returns (blended [N,H,W,C], blend weight [N,H,W], per-signal confidences at the
+    working size). See :func:`glimpse.confidence.confidence_weights` for the parameters."""
+    _check_images(original, enhanced)
+    if tuple(alpha.shape) != tuple(original.shape[:3]):
+        raise ValueError(f"mask is {list(alpha.shape)} but the views are {list(original.shape[:3])} ([N,H,W])")
+    small, signals, _ = confidence_weights(alpha, depth, cameras, threshold=threshold, feather_radius=feather_radius,
+                                           weights=weights, edge_radius=edge_radius, work_size=work_size)
+    out = torch.empty_like(original)
+    weight = torch.empty(alpha.shape, dtype=torch.float32, device=original.device)
+    for i in range(original.shape[0]):
+        weight[i] = upsample_weight(small[i], alpha[i])
+        _blend_view(out[i], original[i], enhanced[i], weight[i])
+    return out, weight, signals
+
+
+def confidence_preview(original: torch.Tensor, weight: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
+    """RGB preview [N,H,W,3]: inside the render, the original's grey level tinted green where the enhanced view is
+    used and red where the original is kept; outside it, the original."""
+    rgb = original[..., :3]
+    grey = (rgb * torch.tensor([0.299, 0.587, 0.114], dtype=rgb.dtype, device=rgb.device)).sum(-1, keepdim=True)
+    w = weight.to(rgb.dtype)[..., None]
+    tint = torch.cat([1.0 - w, w, torch.zeros_like(w)], dim=-1)
+    shown = 0.5 * grey + 0.5 * tint
+    inside = (alpha > 0).to(rgb.dtype)[..., None]
+    return torch.lerp(rgb, shown, inside)

@@ -1,0 +1,230 @@
+"""Multi-view consistency scores on synthetic scenes whose warps are known exactly.
+
+Scenes are spheres ray-cast at SyncDreamer's 16 orbit cameras (glimpse.cameras.orbit_cameras), with colour a smooth
+function of the world position, so the views agree perfectly up to rasterisation (one sample per pixel centre).
+"""
+import math
+
+import pytest
+import torch
+
+from glimpse.cameras import orbit_cameras
+from glimpse.consistency import (
+    PSNR_CAP, colour_stats, psnr_from_mse, ring_pairs, score_views, sharpness, srgb_to_lab, warp_errors,
+)
+from glimpse.types import DepthMaps
+
+SIZE = 128
+BIG = (torch.tensor([0.0, 0.0, 0.0]), 0.4)
+SMALL = (torch.tensor([0.55, 0.0, 0.1]), 0.12)  # in front of the big sphere for view 0 (which looks from +x)
+
+
+def texture(x: torch.Tensor) -> torch.Tensor:
+    """Smooth colour [...,3] of a world point [...,3]."""
+    return torch.stack([0.5 + 0.35 * torch.sin(7.0 * x[..., k] + 3.0 * x[..., (k + 1) % 3] + k) for k in range(3)], -1)
+
+
+def red(x: torch.Tensor) -> torch.Tensor:
+    return torch.tensor([0.95, 0.05, 0.05]).expand(*x.shape[:-1], 3)
+
+
+def rays(cameras, size=SIZE):
+    """Camera-space directions with z = 1 (so the ray parameter is the z-depth) and their world versions."""
+    k = cameras.intrinsics.float()
+    v, u = torch.meshgrid(torch.arange(size) + 0.5, torch.arange(size) + 0.5, indexing="ij")
+    x = (u - k[:, 0, 2, None, None]) / k[:, 0, 0, None, None]
+    y = (v - k[:, 1, 2, None, None]) / k[:, 1, 1, None, None]
+    d_cam = torch.stack([x, y, torch.ones_like(x)], -1)
+    c2w = cameras.camera_to_world.float()
+    d_world = d_cam @ c2w[:, None, :3, :3].transpose(-1, -2)
+    return d_world, c2w[:, :3, 3]
+
+
+def hit(origin, d, centre, radius):
+    """Ray parameter of the first hit of a sphere (inf where missed)."""
+    oc = origin[:, None, None, :] - centre
+    a = (d * d).sum(-1)
+    b = (d * oc).sum(-1)
+    c = (oc * oc).sum(-1) - radius * radius
+    disc = b * b - a * c
+    t = (-b - disc.clamp_min(0).sqrt()) / a
+    return torch.where((disc > 0) & (t > 0), t, torch.full_like(t, math.inf))
+
+
+def render(spheres, cameras, size=SIZE):
+    """Views [N,H,W,3], alpha [N,H,W], DepthMaps of the scene."""
+    d, origin = rays(cameras, size)
+    best = torch.full(d.shape[:-1], math.inf)
+    colour = torch.zeros(*d.shape[:-1], 3)
+    for centre, radius, paint in spheres:
+        t = hit(origin, d, centre, radius)
+        closer = t < best
+        point = origin[:, None, None, :] + t.clamp_max(1e3)[..., None] * d
+        colour = torch.where(closer[..., None], paint(point), colour)
+        best = torch.where(closer, t, best)
+    valid = torch.isfinite(best)
+    depth = torch.where(valid, best, torch.zeros_like(best))
+    return colour, valid.float(), DepthMaps(depth=depth, valid=valid)
+
+
+@pytest.fixture(scope="module")
+def cams():
+    return orbit_cameras(16, (SIZE, SIZE))
+
+
+@pytest.fixture(scope="module")
+def scene(cams):
+    return render([(*BIG, texture), (*SMALL, texture)], cams)
+
+
+def hue_rotate(rgb: torch.Tensor, degrees: float) -> torch.Tensor:
+    """Rotate colours about the grey axis (a hue shift that keeps grey grey)."""
+    a = math.radians(degrees)
+    k = torch.ones(3, 3) / 3
+    cross = torch.tensor([[0.0, -1, 1], [1, 0, -1], [-1, 1, 0]]) / math.sqrt(3)
+    rot = math.cos(a) * torch.eye(3) + math.sin(a) * cross + (1 - math.cos(a)) * k
+    return (rgb @ rot.T).clamp(0, 1)
+
+
+def test_ring_pairs():
+    pairs = ring_pairs(16)
+    assert len(pairs) == 32 and pairs[0] == (0, 1) and (15, 0) in pairs and (14, 0) in pairs and (15, 1) in pairs
+    assert ring_pairs(2) == [(0, 1), (1, 0)]
+    assert ring_pairs(1) == []
+
+
+def test_psnr_cap_and_values():
+    assert psnr_from_mse(0.0) == PSNR_CAP
+    assert psnr_from_mse(0.01) == pytest.approx(20.0)
+
+
+def test_consistent_views_score_the_rasterisation_ceiling(scene, cams):
+    views, alpha, depth = scene
+    out = score_views(views, alpha, depth, cams, reference=views)
+    cons = out["consistency"]
+    print("consistent set:", cons)
+    assert cons["pairs_scored"] == 32
+    assert cons["psnr"] > 40.0 and cons["mae"] < 0.005
+    # scored against themselves, the views are exactly their own reference
+    assert out["reference"]["consistency"]["psnr"] == cons["psnr"]
+    assert out["sharpness_gain"] == 1.0
+    assert out["colour_shift_vs_reference"] == 0.0
+
+
+def test_hue_shift_of_one_view_scores_clearly_worse(scene, cams):
+    views, alpha, depth = scene
+    base = score_views(views, alpha, depth, cams, reference=views)
+    shifted = views.clone()
+    shifted[5] = hue_rotate(views[5], 30.0)
+    out = score_views(shifted, alpha, depth, cams, reference=views)
+    print("hue shift:", base["consistency"]["psnr"], "->", out["consistency"]["psnr"])
+    assert out["consistency"]["psnr"] < base["consistency"]["psnr"] - 3.0
+    assert out["consistency"]["mae"] > 2 * base["consistency"]["mae"]
+    per_view = [v["psnr"] for v in out["per_view"]]
+    assert per_view.index(min(per_view)) == 5
+    drift = [v["colour_drift"] for v in out["per_view"]]
+    assert drift.index(max(drift)) == 5
+    assert base["colour_drift_max"] == 0.0 and out["colour_drift_max"] > 1.0  # Delta E 1: just noticeable
+
+
+def test_colour_cast_of_one_view_is_colour_drift(scene, cams):
+    views, alpha, depth = scene
+    cast = views.clone()
+    cast[11] = (views[11] * torch.tensor([1.1, 1.0, 0.8])).clamp(0, 1)
+    graded = (views * torch.tensor([1.1, 1.0, 0.8])).clamp(0, 1)  # the same grading on every view is not drift
+    one = score_views(cast, alpha, depth, cams, reference=views)
+    every = score_views(graded, alpha, depth, cams, reference=views)
+    drift = [v["colour_drift"] for v in one["per_view"]]
+    print("colour cast: drift of the cast view", drift[11], "max when every view is graded", every["colour_drift_max"])
+    assert drift.index(max(drift)) == 11 and drift[11] > 5.0
+    assert every["colour_drift_max"] < drift[11]
+    assert every["colour_shift_vs_reference"] > 5.0
+
+
+def test_one_pixel_shift_of_one_view_is_detected(scene, cams):
+    views, alpha, depth = scene
+    base = score_views(views, alpha, depth, cams)
+    moved = views.clone()
+    moved[9] = torch.roll(views[9], shifts=1, dims=1)  # content one pixel to the right, mask and depth unchanged
+    out = score_views(moved, alpha, depth, cams)
+    per_view = [v["psnr"] for v in out["per_view"]]
+    others = [p for i, p in enumerate(per_view) if i not in (7, 8, 9, 10, 11)]
+    print("one-pixel shift:", base["consistency"]["psnr"], "->", out["consistency"]["psnr"], per_view[9], min(others))
+    assert out["consistency"]["psnr"] < base["consistency"]["psnr"] - 1.0
+    assert per_view.index(min(per_view)) == 9
+    assert per_view[9] < min(others) - 3.0
+
+
+def visible_in(points, cams, j, spheres):
+    """For world points [M,3]: is each the first surface along camera j's ray through it?"""
+    origin = cams.camera_to_world[j, :3, 3].float()
+    d = points - origin
+    t_point = torch.ones(points.shape[0])
+    first = torch.full((points.shape[0],), math.inf)
+    for centre, radius, _ in spheres:
+        first = torch.minimum(first, hit(origin[None], d[None, None], centre, radius)[0, 0])
+    return first >= t_point - 1e-3
+
+
+def test_occlusion_test_removes_pixels_hidden_in_the_other_view(cams):
+    spheres = [(*BIG, texture), (*SMALL, red)]
+    views, alpha, depth = render(spheres, cams)
+    i, j = 2, 0  # view 0 sees the red sphere in front of part of the big one that view 2 sees
+    kept = warp_errors(views, depth, cams, alpha, pairs=[(i, j)], keep_maps=True)[0]
+    loose = warp_errors(views, depth, cams, alpha, pairs=[(i, j)], depth_tolerance=1e9, keep_maps=True)[0]
+    # ground truth: which foreground pixels of view i are hidden behind something in view j
+    fg = depth.valid[i]
+    rows, cols = fg.nonzero(as_tuple=True)
+    d, origin = rays(cams)
+    points = origin[i] + depth.depth[i, rows, cols, None] * d[i, rows, cols]
+    hidden = torch.zeros_like(fg)
+    hidden[rows, cols] = ~visible_in(points, cams, j, spheres)
+    assert hidden.sum() > 100  # the scene does have occluded pixels
+    assert not (kept["compared"] & hidden).any()
+    assert (loose["compared"] & hidden).sum() > 0.5 * hidden.sum()  # without the test they would be compared
+    mse_kept = kept["sse"] / (kept["pixels"] * 3)
+    mse_loose = loose["sse"] / (loose["pixels"] * 3)
+    print("occlusion: psnr with test", psnr_from_mse(mse_kept), "without", psnr_from_mse(mse_loose))
+    assert psnr_from_mse(mse_kept) > 35.0
+    assert psnr_from_mse(mse_loose) < psnr_from_mse(mse_kept) - 10.0
+
+
+def test_pairs_without_depth_fall_back_and_say_so():
+    views = torch.rand(4, 32, 32, 3)
+    out = score_views(views, torch.ones(4, 32, 32), None, None, reference=views)
+    assert out["consistency"] is None
+    assert any("depth" in note for note in out["notes"])
+    assert out["sharpness_gain"] == 1.0 and out["colour_drift"] is not None and len(out["per_view"]) == 4
+
+
+def test_lab_reference_values():
+    lab = srgb_to_lab(torch.tensor([[1.0, 1.0, 1.0], [0.0, 0.0, 0.0], [1.0, 0.0, 0.0]]))
+    assert torch.allclose(lab[0], torch.tensor([100.0, 0.0, 0.0]), atol=0.01)
+    assert torch.allclose(lab[1], torch.zeros(3), atol=0.01)
+    assert torch.allclose(lab[2], torch.tensor([53.24, 80.09, 67.20]), atol=0.05)
+
+
+def test_colour_stats_and_sharpness(scene):
+    views, alpha, _ = scene
+    fg = alpha > 0.5
+    means, stds = colour_stats(views[:2], fg[:2])
+    assert means.shape == (2, 3) and stds.shape == (2, 3) and torch.isfinite(means).all()
+    torch.manual_seed(0)
+    noise = torch.rand(3, 64, 64, 3)
+    padded = torch.nn.functional.pad(noise.permute(0, 3, 1, 2), (1, 1, 1, 1), mode="replicate")
+    blurred = torch.nn.functional.avg_pool2d(padded, 3, 1).permute(0, 2, 3, 1)
+    inside = torch.zeros(3, 64, 64, dtype=torch.bool)
+    inside[:, 8:56, 8:56] = True
+    sharp, soft = sharpness(noise, inside), sharpness(blurred, inside)
+    assert (soft < 0.2 * sharp).all()
+    assert torch.isnan(sharpness(noise, torch.zeros_like(inside))).all()  # no foreground: no value
+
+
+def test_shape_errors(scene, cams):
+    views, alpha, depth = scene
+    with pytest.raises(ValueError, match="masks are"):
+        score_views(views, alpha[:, :64], depth, cams)
+    with pytest.raises(ValueError, match="reference views are"):
+        score_views(views, alpha, depth, cams, reference=views[:3])
+    with pytest.raises(ValueError, match="16 views but 15 depth maps"):
+        score_views(views, alpha, DepthMaps(depth=depth.depth[:15], valid=depth.valid[:15]), cams)
