@@ -65,6 +65,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="shell command that renders the refitted model's views into {render_dir}")
     loop_p.add_argument("--work", type=Path, metavar="WORK_DIR",
                         help="where round_<r>/ folders go (default: <VIEWSET_DIR>_loop beside the set)")
+
+    from .score import add_parser as add_score_parser  # light: no torch work at import
+
+    add_score_parser(sub)
     return parser
 
 
@@ -87,6 +91,10 @@ def main(argv: list[str] | None = None) -> int:
         from .runner.loop import loop
 
         return loop(run_options(args), args.rounds, args.refit_cmd, args.render_cmd, args.work)
+    if args.command == "score":
+        from .score import main as score_main
+
+        return score_main(args)
     return 2
 
 

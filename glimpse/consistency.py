@@ -248,7 +248,8 @@ def score_views(views: torch.Tensor, masks: torch.Tensor | None = None, depth: D
         geometry = (d, Cameras(intrinsics=k, world_to_camera=cameras.world_to_camera,
                                camera_to_world=cameras.camera_to_world, azimuth_deg=cameras.azimuth_deg,
                                elevation_deg=cameras.elevation_deg, image_size=(h, w)))
-    fg = foreground(views, masks, geometry[0] if geometry else None)
+    # colour and sharpness statistics: inside the mask (or, without one, where there is depth)
+    fg = foreground(views, masks, geometry[0] if geometry and masks is None else None)
 
     def scores(v: torch.Tensor) -> tuple:
         cons = _consistency(v, *geometry, masks, depth_tolerance, edge_margin, min_pixels) if geometry else None
