@@ -28,7 +28,6 @@ output folder, unreachable server), 130 interrupted (Ctrl-C). Rerunning the same
 from __future__ import annotations
 
 import os
-import queue
 import re
 import sys
 import tempfile
@@ -178,6 +177,43 @@ def compute_scores(job: SetJob) -> dict | None:
     return fn(job.out_dir, job.folder)
 
 
+class WorkPool:
+    """Chunks waiting for a server. A worker keeps to the set it started (its upload and its prompt encoding are
+    cached on that server), takes a set nobody works on next, and only then helps with another worker's set: whole
+    sets go to servers when there are enough sets, and one set's views are shared when there are not."""
+
+    def __init__(self):
+        self.items: list[tuple[SetJob, list[int]]] = []
+        self.owner: dict[str, str] = {}  # set name -> worker that claimed it
+        self.lock = threading.Lock()
+
+    def put(self, item: tuple[SetJob, list[int]]) -> None:
+        with self.lock:
+            self.items.append(item)
+            self.items.sort(key=lambda it: it[1][0])
+            self.items.sort(key=lambda it: it[0].name)  # stable: set by set, view order within a set
+
+    def take(self, worker: str) -> tuple[SetJob, list[int]] | None:
+        with self.lock:
+            if not self.items:
+                return None
+            mine = [it for it in self.items if self.owner.get(it[0].name) == worker]
+            free = [it for it in self.items if it[0].name not in self.owner]
+            item = (mine or free or self.items)[0]
+            self.owner.setdefault(item[0].name, worker)
+            self.items.remove(item)
+            return item
+
+    def release(self, worker: str) -> None:
+        """A lost worker's sets become free for the others."""
+        with self.lock:
+            self.owner = {k: w for k, w in self.owner.items() if w != worker}
+
+    def empty(self) -> bool:
+        with self.lock:
+            return not self.items
+
+
 class Runner:
     def __init__(self, opts: RunOptions):
         self.opts = opts
@@ -290,16 +326,17 @@ class Runner:
                         server_s=_server_seconds(history), wall_s=t_end - t_start, views=len(views))
         self.progress.views_done(len(views), f"{label} on {client.url}")
 
-    def _worker(self, client: ComfyClient, work: queue.Queue, alive: dict) -> None:
+    def _worker(self, client: ComfyClient, work: WorkPool, alive: dict) -> None:
         while not self.stop.is_set():
-            try:
-                job, views = work.get_nowait()
-            except queue.Empty:
+            item = work.take(client.url)
+            if item is None:
                 return
+            job, views = item
             try:
                 self._run_chunk(client, job, views)
             except ServerUnreachable as e:
                 work.put((job, views))
+                work.release(client.url)
                 with self._alive_lock:
                     alive[client.url] = False
                     others = [u for u, ok in alive.items() if ok]
@@ -338,7 +375,7 @@ class Runner:
         if self.chunk is None:  # after the server check: the presets module imports torch, which takes seconds
             self.chunk = preset_chunk(self.jobs[0].workflow)
         self.progress.message(f"{len(clients)} server(s), {self.chunk} view(s) per prompt")
-        work: queue.Queue = queue.Queue()
+        work = WorkPool()
         for job in self.jobs:
             for views in chunk_views(job.manifest["missing_views"], self.chunk):
                 work.put((job, views))

@@ -151,6 +151,27 @@ def test_two_servers_share_one_set(servers, views, tmp_path):
     assert used == set(servers), f"views per server: {[v['server'] for v in m['views'].values()]}"
 
 
+def test_a_folder_of_sets_goes_set_by_set_to_the_servers(servers, views, tmp_path):
+    sets = tmp_path / "sets"
+    for name, first in (("fox_a", 0), ("fox_b", 4)):
+        (sets / name).mkdir(parents=True)
+        for i in range(4):
+            shutil.copy(views / f"view_{first + i:02d}.png", sets / name / f"view_{i:02d}.png")
+        cams = json.loads((views / "cameras.json").read_text())
+        cams["views"] = cams["views"][first:first + 4]
+        (sets / name / "cameras.json").write_text(json.dumps(cams))
+    out = tmp_path / "out"
+    r = cli("run", sets, "--out", out, "--workflow", workflow(tmp_path, 1024), "--server", *servers)
+    assert r.returncode == 0, r.stderr
+    first = {}
+    for name in ("fox_a", "fox_b"):
+        m = manifest(out / name)
+        assert m["complete"] and sorted(m["views"]) == ["0", "1", "2", "3"]
+        assert m["viewset"] == str((sets / name).resolve())
+        first[name] = m["views"]["0"]["server"]
+    assert set(first.values()) == set(servers), "each server started on a set of its own"
+
+
 def test_a_dead_servers_views_move_to_the_other(servers, views, tmp_path):
     doomed = EmbeddedComfy(cpu=True)
     doomed.start()

@@ -156,3 +156,26 @@ def test_loop_placeholders():
     assert expand("fit --in {enhanced_dir} --src {views_dir} -r {round}", v) == "fit --in /e --src '/a b' -r 2"
     with pytest.raises(LoopError, match=r"unknown placeholder 'model'.*\{views_dir\}"):
         expand("fit {model}", v)
+
+
+def test_work_pool_gives_whole_sets_to_servers_and_shares_a_lone_set():
+    from glimpse.runner.run import SetJob, WorkPool
+
+    def job(name):
+        return SetJob(name, None, None, [], "", [], "", {}, {})
+
+    a, b = job("a"), job("b")
+    pool = WorkPool()
+    for j in (a, b):
+        for views in ([0, 1], [2, 3], [4, 5]):
+            pool.put((j, views))
+    first = [pool.take("s1"), pool.take("s2"), pool.take("s1"), pool.take("s2")]
+    assert [(j.name, v[0]) for j, v in first] == [("a", 0), ("b", 0), ("a", 2), ("b", 2)]
+    pool.release("s2")  # s2 died: its set is free, s1 finishes its own first, then takes b
+    assert [(j.name, v[0]) for j, v in (pool.take("s1"), pool.take("s1"))] == [("a", 4), ("b", 4)]
+    assert pool.take("s1") is None and pool.empty()
+
+    lone = WorkPool()
+    for views in ([0], [1], [2]):
+        lone.put((a, views))
+    assert [lone.take(s)[1] for s in ("s1", "s2", "s2")] == [[0], [1], [2]], "one set is shared by both servers"
