@@ -165,16 +165,17 @@ def preset_chunk(workflow: dict) -> int:
     return DEFAULT_CHUNK
 
 
-def compute_scores(job: SetJob) -> dict | None:
-    """The set's consistency score from glimpse.consistency when that module provides one, else None."""
+def compute_scores(job: SetJob) -> dict:
+    """The set's scores (glimpse.consistency) for the manifest; a failure is recorded, never fatal to the run."""
     try:
-        from .. import consistency
-    except ImportError:
-        return None
-    fn = getattr(consistency, "score_folder", None) or getattr(consistency, "score_viewset", None)
-    if fn is None:
-        return None
-    return fn(job.out_dir, job.folder)
+        from .scores import score_output
+
+        t0 = time.monotonic()
+        scores = score_output(job.out_dir, job.folder, job.views)
+        scores["seconds"] = round(time.monotonic() - t0, 3)
+        return scores
+    except Exception as e:  # scoring is a report: the views are on disk either way
+        return {"error": f"{type(e).__name__}: {e}"}
 
 
 class WorkPool:

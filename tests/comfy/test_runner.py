@@ -101,6 +101,9 @@ def test_run_writes_every_view_and_a_rerun_skips_them(servers, views, tmp_path):
     m = manifest(out)
     assert m["complete"] and m["missing_views"] == [] and len(m["views"]) == 16
     assert m["timing"]["views"] == 16 and m["timing"]["overhead_per_view_s"] > 0
+    scores = m["scores"]
+    assert scores["views"] == 16 and scores["consistency"]["pairs_scored"] > 0, scores
+    assert scores["sharpness_gain"] < 1, "the blur workflow makes views softer than their renders"
     assert "views 16/16" in r.stderr and "s/view" in r.stderr and "ETA" in r.stderr
     stamps = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
 
