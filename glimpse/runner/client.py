@@ -65,12 +65,20 @@ def format_node_errors(response: dict, workflow: dict | None = None) -> str:
         lines.append(str(err))
     for nid, ne in (response.get("node_errors") or {}).items():
         cls = ne.get("class_type") or (workflow or {}).get(nid, {}).get("class_type", "?")
+        seen = set()
         for e in ne.get("errors", []):
             inp = (e.get("extra_info") or {}).get("input_name")
-            where = f"node {nid} ({cls})" + (f" input '{inp}'" if inp else "")
-            msg = e.get("message", "")
-            details = e.get("details", "")
-            lines.append(f"  {where}: {msg}" + (f": {details}" if details and details not in msg else ""))
+            msg, details = e.get("message", ""), str(e.get("details", ""))
+            if e.get("type") == "custom_validation_failed":
+                # one entry per validated input, each "input - <the node's message>": report the message once
+                text = details.split(" - ", 1)[1] if " - " in details else details
+                line = f"  node {nid} ({cls}): validation failed: {text}"
+            else:
+                where = f"node {nid} ({cls})" + (f" input '{inp}'" if inp else "")
+                line = f"  {where}: {msg}" + (f": {details}" if details and details not in msg else "")
+            if line not in seen:
+                seen.add(line)
+                lines.append(line)
     return "\n".join(lines) or json.dumps(response)[:2000]
 
 

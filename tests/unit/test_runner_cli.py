@@ -179,3 +179,25 @@ def test_work_pool_gives_whole_sets_to_servers_and_shares_a_lone_set():
     for views in ([0], [1], [2]):
         lone.put((a, views))
     assert [lone.take(s)[1] for s in ("s1", "s2", "s2")] == [[0], [1], [2]], "one set is shared by both servers"
+
+
+def test_node_errors_are_readable():
+    from glimpse.runner.client import format_node_errors
+
+    response = {
+        "error": {"type": "prompt_outputs_failed_validation", "message": "Prompt outputs failed validation",
+                  "details": ""},
+        "node_errors": {
+            "1": {"class_type": "LoadViewSet", "dependent_outputs": ["9"], "errors": [
+                {"type": "custom_validation_failed", "message": "Custom validation failed for node",
+                 "details": f"{name} - view_07 depth is 512x512 but its image is 1024x1024",
+                 "extra_info": {"input_name": name}} for name in ("path", "background", "strip_views")]},
+            "4": {"class_type": "KSamplerAdvanced", "errors": [
+                {"type": "value_not_in_list", "message": "Value not in list",
+                 "details": "sampler_name: 'nope' not in ['euler']", "extra_info": {"input_name": "sampler_name"}}]},
+        }}
+    assert format_node_errors(response).splitlines() == [
+        "Prompt outputs failed validation",
+        "  node 1 (LoadViewSet): validation failed: view_07 depth is 512x512 but its image is 1024x1024",
+        "  node 4 (KSamplerAdvanced) input 'sampler_name': Value not in list: sampler_name: 'nope' not in ['euler']",
+    ]
