@@ -30,6 +30,7 @@ import re
 import zipfile
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -435,8 +436,10 @@ def _load_rgba(view: ViewFiles, spec: ViewSetSpec, strip: np.ndarray | None) -> 
 
 def load_view_set(spec_or_path: ViewSetSpec | str | Path, resolution: int = 1024,
                   background: tuple[float, float, float] | str = (0.5, 0.5, 0.5), strip_views: int = 0,
-                  depth_png_scale: float | None = None) -> ViewSet:
+                  depth_png_scale: float | None = None, on_view: Callable[[int], None] | None = None) -> ViewSet:
     """Load a view set (scanning it first when given a path) at working long side ``resolution`` (<= 0: native).
+
+    ``on_view(i)`` is called after each view is loaded (progress, interruption).
 
     RGB is composited over ``background`` (straight alpha), then colour and alpha are resized with antialiasing
     (equivalent to resizing premultiplied colour) and depth with nearest-neighbour sampling of pixel centres (never
@@ -456,8 +459,9 @@ def load_view_set(spec_or_path: ViewSetSpec | str | Path, resolution: int = 1024
         with Image.open(spec.root) as im:
             im.load()
             strip = np.asarray(im.convert("RGBA"))
-    images = bg.view(1, 1, 1, 3).repeat(n, canvas[0], canvas[1], 1)
-    alpha = torch.zeros((n, *canvas), dtype=torch.float32)
+    padded = canvas != resized
+    images = bg.view(1, 1, 1, 3).repeat(n, *canvas, 1) if padded else torch.empty((n, *canvas, 3))
+    alpha = torch.zeros((n, *canvas), dtype=torch.float32) if padded else torch.empty((n, *canvas))
     depth = torch.zeros((n, *canvas), dtype=torch.float32)
     reports = []
     for v in spec.views:  # one view at a time: bounded memory, cache-friendly
@@ -477,6 +481,8 @@ def load_view_set(spec_or_path: ViewSetSpec | str | Path, resolution: int = 1024
         alpha[v.index, rows, cols] = a
         if d is not None:
             depth[v.index, rows, cols] = d
+        if on_view is not None:
+            on_view(v.index)
     return ViewSet(
         images=images,
         alpha=alpha,
