@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from .confidence import confidence_weights, upsample_weight
+from .confidence import confidence_weights, nonzero_box, upsample_weight
 from .types import Cameras, DepthMaps
 
 
@@ -28,16 +28,21 @@ def blend(original: torch.Tensor, enhanced: torch.Tensor, weight: torch.Tensor) 
     _check_images(original, enhanced)
     out = torch.empty_like(original)
     for i in range(original.shape[0]):  # per view: temporaries stay small enough for the allocator to reuse them
-        _blend_view(out[i], original[i], enhanced[i], weight[i])
+        out[i].copy_(original[i])
+        box = nonzero_box(weight[i])
+        if box is not None:
+            _blend_box(out[i], original[i], enhanced[i], weight[i], box)
     return out
 
 
-def _blend_view(out: torch.Tensor, original: torch.Tensor, enhanced: torch.Tensor, weight: torch.Tensor) -> None:
+def _blend_box(out: torch.Tensor, original: torch.Tensor, enhanced: torch.Tensor, weight: torch.Tensor,
+               box: tuple[slice, slice]) -> None:
+    """lerp inside ``box`` of one view; ``out`` already holds the original."""
     c = min(original.shape[-1], enhanced.shape[-1])
-    w = weight.to(device=original.device, dtype=original.dtype)[..., None]
-    torch.lerp(original[..., :c], enhanced[..., :c].to(original.device, original.dtype), w, out=out[..., :c])
-    if original.shape[-1] > c:
-        out[..., c:] = original[..., c:]
+    w = weight[box].to(device=original.device, dtype=original.dtype)
+    w = w[..., None].expand(*w.shape, c).contiguous()  # a broadcast weight makes lerp about 1.5x slower
+    enh = enhanced[box][..., :c].to(original.device, original.dtype)
+    torch.lerp(original[box][..., :c], enh, w, out=out[box][..., :c])
 
 
 def confidence_blend(original: torch.Tensor, enhanced: torch.Tensor, alpha: torch.Tensor, depth: DepthMaps,
@@ -51,11 +56,16 @@ def confidence_blend(original: torch.Tensor, enhanced: torch.Tensor, alpha: torc
         raise ValueError(f"mask is {list(alpha.shape)} but the views are {list(original.shape[:3])} ([N,H,W])")
     small, signals, _ = confidence_weights(alpha, depth, cameras, threshold=threshold, feather_radius=feather_radius,
                                            weights=weights, edge_radius=edge_radius, work_size=work_size)
+    size = tuple(alpha.shape[1:])
     out = torch.empty_like(original)
-    weight = torch.empty(alpha.shape, dtype=torch.float32, device=original.device)
+    weight = torch.zeros(alpha.shape, dtype=torch.float32, device=original.device)
     for i in range(original.shape[0]):
-        weight[i] = upsample_weight(small[i], alpha[i])
-        _blend_view(out[i], original[i], enhanced[i], weight[i])
+        out[i].copy_(original[i])
+        box = nonzero_box(small[i], size)
+        if box is None:
+            continue
+        weight[i][box] = upsample_weight(small[i], alpha[i])[box]
+        _blend_box(out[i], original[i], enhanced[i], weight[i], box)
     return out, weight, signals
 
 

@@ -151,6 +151,25 @@ def combine(signals: dict[str, torch.Tensor], weights: dict[str, float]) -> torc
     return out
 
 
+def trusted(signals: dict[str, torch.Tensor], weights: dict[str, float], threshold: float) -> torch.Tensor:
+    """``combine(signals, weights) >= threshold`` as a bool map, without fractional powers when the weights are
+    whole numbers: the weighted geometric mean clears t exactly when prod c_i^w_i >= t^(sum w_i)."""
+    if not 0.0 <= threshold <= 1.0:
+        raise ValueError(f"threshold must be in [0, 1], got {threshold}")
+    ws = {name: float(w) for name, w in weights.items()}
+    if not all(w.is_integer() and 0 <= w <= 8 for w in ws.values()) or sum(ws.values()) == 0:
+        return combine(signals, weights) >= threshold
+    for name in ws:
+        if name not in signals:
+            raise ValueError(f"unknown confidence signal {name!r}; known: {', '.join(signals)}")
+    prod = None
+    for name, w in ws.items():
+        for _ in range(int(w)):
+            term = signals[name].clamp(0.0, 1.0)
+            prod = term if prod is None else prod.mul_(term)
+    return prod >= threshold ** sum(ws.values())
+
+
 def blend_weights(confidence: torch.Tensor, alpha: torch.Tensor, threshold: float = 0.6,
                   feather_radius: int = 6) -> torch.Tensor:
     """Per-pixel weight of the enhanced image [N,H,W]: pixels with confidence >= ``threshold`` inside the render
@@ -232,21 +251,41 @@ def confidence_weights(alpha: torch.Tensor, depth: DepthMaps, cameras: Cameras, 
         "edge": edge_confidence(z_c, k_c, edge_r),
         "grazing": grazing_confidence(z_c, k_c),
     }
-    conf = combine(crop_signals, DEFAULT_WEIGHTS if weights is None else weights)
-    weight[:, t:b, le:r] = blend_weights(conf, a_c, threshold, feather_r)
+    weight[:, t:b, le:r] = feather(trusted(crop_signals, DEFAULT_WEIGHTS if weights is None else weights, threshold)
+                                   & (a_c > 0), feather_r)
     for name, s in crop_signals.items():
         signals[name][:, t:b, le:r] = s
     return weight, signals, size
 
 
 def upsample_weight(weight: torch.Tensor, alpha: torch.Tensor, opacity_low: float = 0.5) -> torch.Tensor:
-    """A working-size weight [h,w] (or [N,h,w]) -> alpha's size: bilinear, snapped to exactly 0 / 1 within 1e-6, and
-    exactly 0 where alpha is at most ``opacity_low`` (no opacity confidence; background stays the original's)."""
+    """A working-size weight [h,w] (or [N,h,w]) -> alpha's size: bilinear, snapped to exactly 1 within 1e-6, and
+    exactly 0 where alpha is at most ``opacity_low`` (no opacity confidence; background stays the original's).
+    Bilinear interpolation of exact zeros stays exactly 0, so untrusted regions stay untouched."""
     size = tuple(alpha.shape[-2:])
     if tuple(weight.shape[-2:]) != size:
         batched = weight.dim() == 3
         w = weight if batched else weight[None]
         w = F.interpolate(w[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
-        w = w.masked_fill_(w < 1e-6, 0.0).masked_fill_(w > 1.0 - 1e-6, 1.0)
+        w = w.masked_fill_(w > 1.0 - 1e-6, 1.0)
         weight = w if batched else w[0]
-    return weight.masked_fill(alpha <= opacity_low, 0.0)
+    else:
+        weight = weight.clone()
+    return weight.masked_fill_(alpha <= opacity_low, 0.0)
+
+
+def nonzero_box(weight: torch.Tensor, size: tuple[int, int] | None = None) -> tuple[slice, slice] | None:
+    """(rows, cols) slices of the box holding every nonzero of a [h,w] map, mapped to ``size`` (h, w) with a margin
+    of one source pixel so that bilinear upsampling is 0 outside it; None when all zero."""
+    rows, cols = weight.any(dim=1).nonzero(), weight.any(dim=0).nonzero()
+    if rows.numel() == 0:
+        return None
+    h, w = weight.shape
+    big_h, big_w = size if size is not None else (h, w)
+    sy, sx = big_h / h, big_w / w
+    r0, r1 = int(rows[0]), int(rows[-1]) + 1
+    c0, c1 = int(cols[0]), int(cols[-1]) + 1
+    if (big_h, big_w) != (h, w):
+        r0, r1, c0, c1 = r0 - 1, r1 + 1, c0 - 1, c1 + 1
+    return (slice(max(0, math.floor(r0 * sy)), min(big_h, math.ceil(r1 * sy))),
+            slice(max(0, math.floor(c0 * sx)), min(big_w, math.ceil(c1 * sx))))

@@ -15,6 +15,7 @@ ignored), masks are [N,H,W] (alpha; >= 0.5 is foreground).
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -54,70 +55,103 @@ def foreground(views: torch.Tensor, masks: torch.Tensor | None, depth: DepthMaps
     return fg
 
 
-def warp_errors(views: torch.Tensor, depth: DepthMaps, cameras: Cameras, masks: torch.Tensor | None = None, *,
-                pairs: list[tuple[int, int]] | None = None, depth_tolerance: float = 0.01, edge_margin: int = 1,
-                keep_maps: bool = False) -> list[dict]:
-    """Colour errors of every pair (i, j): view j warped into view i (see the module docstring).
+@dataclass(frozen=True)
+class PairWarp:
+    """Where view j is sampled for pair (i, j): the compared pixels of view i and their positions in view j."""
 
-    ``depth`` must be at the views' size (see :func:`glimpse.confidence.depth_at_size`) and ``cameras`` have K for
-    it. A pixel passes the occlusion test when ``|z_ij - z_j| <= depth_tolerance * z_ij`` (z_ij: its z in camera j;
-    z_j: view j's depth sampled bilinearly there, with background counted as infinitely far). Pixels within
-    ``edge_margin`` px of a depth discontinuity or silhouette (:func:`glimpse.confidence.depth_edges`) are left out in
-    both views: a rasteriser mixes the colours of the two surfaces there (anti-aliasing) while the depth describes
-    one, so they disagree even between perfectly consistent renders. Returns per pair
-    ``{"i", "j", "pixels", "sse", "sae", "channels", "candidates"}`` (sums over compared pixels and channels;
-    candidates = foreground pixels of view i); with ``keep_maps`` also ``"compared"`` (bool [H,W]) and ``"warped"``
-    ([H,W,3], view j's colour at each compared pixel of view i).
+    i: int
+    j: int
+    rows: torch.Tensor  # [M] compared pixels of view i
+    cols: torch.Tensor
+    grid: torch.Tensor  # [1,1,M,2] their positions in view j, grid_sample coordinates
+    candidates: int  # foreground pixels of view i (away from depth edges)
+
+
+def warp_geometry(depth: DepthMaps, cameras: Cameras, masks: torch.Tensor | None = None, *,
+                  pairs: list[tuple[int, int]] | None = None, depth_tolerance: float = 0.01,
+                  edge_margin: int = 1) -> list[PairWarp]:
+    """Per pair (i, j): which pixels of view i are compared and where view j is sampled for them.
+
+    ``depth`` [N,H,W] with ``cameras`` whose K is for (H, W); ``masks`` [N,H,W] alpha (>= 0.5 is foreground) or
+    None. A pixel passes the occlusion test when ``|z_ij - z_j| <= depth_tolerance * z_ij`` (z_ij: its z in camera j;
+    z_j: view j's depth sampled bilinearly there, with background counted as infinitely far, so a sample touching
+    background fails). Pixels within ``edge_margin`` px of a depth discontinuity or silhouette
+    (:func:`glimpse.confidence.depth_edges`) are left out in both views: a rasteriser mixes the colours of the two
+    surfaces there (anti-aliasing) while the depth describes one, so they disagree even between perfectly consistent
+    renders. The geometry does not depend on the colours, so several colour sets share it.
     """
-    n, h, w = views.shape[:3]
-    c = min(3, views.shape[-1])
-    if tuple(depth.depth.shape) != (n, h, w):
-        raise ValueError(f"depth is {list(depth.depth.shape)} but the views are {[n, h, w]} ([N,H,W])")
+    z = depth.depth.float()
+    n, h, w = z.shape
     if len(cameras) != n:
-        raise ValueError(f"{n} views but {len(cameras)} cameras")
-    z = depth.depth.to(views.device).float()
-    fg = foreground(views, masks, depth) & ~dilate(depth_edges(z, cameras.intrinsics), edge_margin)
+        raise ValueError(f"{n} depth maps but {len(cameras)} cameras")
+    if masks is not None and tuple(masks.shape) != (n, h, w):
+        raise ValueError(f"masks are {list(masks.shape)} but the depth maps are {[n, h, w]} ([N,H,W])")
+    fg = depth.valid.to(z.device) & (z > 0)
+    if masks is not None:
+        fg &= masks.to(z.device) >= 0.5
+    fg &= ~dilate(depth_edges(z, cameras.intrinsics), edge_margin)
     sample_depth = torch.where(fg, z, _FAR)[:, None]  # [N,1,H,W]
-    k = cameras.intrinsics
-    w2c = cameras.world_to_camera
-    c2w = cameras.camera_to_world.to(device=views.device, dtype=torch.float32)
+    k, w2c = cameras.intrinsics, cameras.world_to_camera
+    c2w = cameras.camera_to_world.to(device=z.device, dtype=torch.float32)
     pairs = ring_pairs(n) if pairs is None else pairs
     by_source: dict[int, list[int]] = {}
     for i, j in pairs:
         by_source.setdefault(i, []).append(j)
-    results: dict[tuple[int, int], dict] = {}
-    scale = torch.tensor([2.0 / w, 2.0 / h], dtype=torch.float32, device=views.device)
+    scale = torch.tensor([2.0 / w, 2.0 / h], dtype=torch.float32, device=z.device)
+    out: dict[tuple[int, int], PairWarp] = {}
     for i, targets in by_source.items():
         rows, cols = fg[i].nonzero(as_tuple=True)
         zi = z[i, rows, cols]
-        ki = k[i].to(device=views.device, dtype=torch.float32)
+        ki = k[i].to(device=z.device, dtype=torch.float32)
         x = (cols.float() + 0.5 - ki[0, 2]) / ki[0, 0] * zi
         y = (rows.float() + 0.5 - ki[1, 2]) / ki[1, 1] * zi
         pw = torch.stack([x, y, zi], dim=-1) @ c2w[i, :3, :3].T + c2w[i, :3, 3]
-        colour_i = views[i, rows, cols, :c].float()
         for j in targets:
             uv, zj = project(pw, k[j:j + 1], w2c[j:j + 1])
             grid = (uv[0] * scale - 1.0).view(1, 1, -1, 2)
             zj = zj[0]
             seen = F.grid_sample(sample_depth[j:j + 1], grid, mode="bilinear", padding_mode="zeros",
                                  align_corners=False).view(-1)
-            ok = (zj > 0) & ((seen - zj).abs() <= depth_tolerance * zj)
-            src = views[j, ..., :c].permute(2, 0, 1)[None].float()
-            sel = ok.nonzero(as_tuple=True)[0]
-            warped = F.grid_sample(src, grid[:, :, sel], mode="bilinear", padding_mode="zeros",
-                                   align_corners=False)[0, :, 0].T
-            diff = warped - colour_i[sel]
-            res = {"i": i, "j": j, "pixels": int(sel.numel()), "candidates": int(rows.numel()), "channels": c,
-                   "sse": float(diff.square().sum(dtype=torch.float64)),
-                   "sae": float(diff.abs().sum(dtype=torch.float64))}
-            if keep_maps:
-                compared = torch.zeros(h, w, dtype=torch.bool, device=views.device)
-                compared[rows[sel], cols[sel]] = True
-                full = torch.zeros(h, w, c, dtype=torch.float32, device=views.device)
-                full[rows[sel], cols[sel]] = warped
-                res["compared"], res["warped"] = compared, full
-            results[(i, j)] = res
-    return [results[p] for p in pairs]
+            sel = ((zj > 0) & ((seen - zj).abs() <= depth_tolerance * zj)).nonzero(as_tuple=True)[0]
+            out[(i, j)] = PairWarp(i, j, rows[sel], cols[sel], grid[:, :, sel], int(rows.numel()))
+    return [out[p] for p in pairs]
+
+
+def pair_errors(views: torch.Tensor, geometry: list[PairWarp], keep_maps: bool = False) -> list[dict]:
+    """Colour errors of each pair of ``geometry`` for views [N,H,W,C]: ``{"i", "j", "pixels", "sse", "sae",
+    "channels", "candidates"}`` (sums over compared pixels and the first 3 channels); with ``keep_maps`` also
+    ``"compared"`` (bool [H,W]) and ``"warped"`` ([H,W,3], view j's colour at each compared pixel of view i)."""
+    n, h, w = views.shape[:3]
+    c = min(3, views.shape[-1])
+    out = []
+    for g in geometry:
+        src = views[g.j, ..., :c].permute(2, 0, 1)[None].float()
+        warped = F.grid_sample(src, g.grid.to(views.device), mode="bilinear", padding_mode="zeros",
+                               align_corners=False)[0, :, 0].T
+        diff = warped - views[g.i, g.rows, g.cols, :c].float()
+        res = {"i": g.i, "j": g.j, "pixels": int(g.rows.numel()), "candidates": g.candidates, "channels": c,
+               "sse": float(diff.square().sum(dtype=torch.float64)), "sae": float(diff.abs().sum(dtype=torch.float64))}
+        if keep_maps:
+            compared = torch.zeros(h, w, dtype=torch.bool, device=views.device)
+            compared[g.rows, g.cols] = True
+            full = torch.zeros(h, w, c, dtype=torch.float32, device=views.device)
+            full[g.rows, g.cols] = warped
+            res["compared"], res["warped"] = compared, full
+        out.append(res)
+    return out
+
+
+def warp_errors(views: torch.Tensor, depth: DepthMaps, cameras: Cameras, masks: torch.Tensor | None = None, *,
+                pairs: list[tuple[int, int]] | None = None, depth_tolerance: float = 0.01, edge_margin: int = 1,
+                keep_maps: bool = False) -> list[dict]:
+    """Colour errors of every pair (i, j): view j warped into view i (:func:`warp_geometry` then
+    :func:`pair_errors`). ``depth`` must be at the views' size and ``cameras`` have K for it."""
+    n, h, w = views.shape[:3]
+    if tuple(depth.depth.shape) != (n, h, w):
+        raise ValueError(f"depth is {list(depth.depth.shape)} but the views are {[n, h, w]} ([N,H,W])")
+    geometry = warp_geometry(depth, cameras, masks, pairs=pairs, depth_tolerance=depth_tolerance,
+                             edge_margin=edge_margin)
+    return pair_errors(views, geometry, keep_maps)
 
 
 def pair_scores(errors: list[dict], min_pixels: int = MIN_PIXELS) -> list[dict]:
@@ -186,8 +220,13 @@ def sharpness(views: torch.Tensor, fg: torch.Tensor) -> torch.Tensor:
     out = []
     luma_w = torch.tensor([0.299, 0.587, 0.114], device=views.device)
     for i in range(views.shape[0]):
-        y = views[i, ..., :3].float() @ luma_w
-        m = fg[i]
+        rows, cols = fg[i].any(dim=1).nonzero(), fg[i].any(dim=0).nonzero()
+        if rows.numel() == 0:
+            out.append(torch.tensor(math.nan, dtype=torch.float64))
+            continue
+        box = (slice(int(rows[0]), int(rows[-1]) + 1), slice(int(cols[0]), int(cols[-1]) + 1))  # the mask's box
+        y = views[i][box][..., :3].float() @ luma_w
+        m = fg[i][box]
         inner = m[1:-1, 1:-1] & m[:-2, 1:-1] & m[2:, 1:-1] & m[1:-1, :-2] & m[1:-1, 2:]
         lap = 4.0 * y[1:-1, 1:-1] - y[:-2, 1:-1] - y[2:, 1:-1] - y[1:-1, :-2] - y[1:-1, 2:]
         vals = lap[inner].double()
@@ -205,28 +244,54 @@ def _mean(values) -> float | None:
     return sum(vals) / len(vals) if vals else None
 
 
-def _consistency(views, depth, cameras, masks, depth_tolerance, edge_margin, min_pixels):
-    errors = warp_errors(views, depth, cameras, masks, depth_tolerance=depth_tolerance, edge_margin=edge_margin)
-    pairs = pair_scores(errors, min_pixels)
-    summary = {"psnr": _mean(p["psnr"] for p in pairs), "mae": _mean(p["mae"] for p in pairs),
-               "pairs_scored": sum(p["psnr"] is not None for p in pairs), "pairs": pairs}
-    return summary
+def _consistency(views: torch.Tensor, geometry: list[PairWarp], min_pixels: int) -> dict:
+    pairs = pair_scores(pair_errors(views, geometry), min_pixels)
+    return {"psnr": _mean(p["psnr"] for p in pairs), "mae": _mean(p["mae"] for p in pairs),
+            "pairs_scored": sum(p["psnr"] is not None for p in pairs), "pairs": pairs}
+
+
+def _downsample(x: torch.Tensor | None, size: tuple[int, int]) -> torch.Tensor | None:
+    """Box-filter [N,H,W] or [N,H,W,C] down to ``size``: strided sums per view for integer factors (several times
+    faster than area interpolation of a channels-last batch), area interpolation otherwise."""
+    if x is None or tuple(x.shape[1:3]) == size:
+        return x
+    n, h, w = x.shape[:3]
+    fh, fw = h // size[0], w // size[1]
+    if fh * size[0] == h and fw * size[1] == w:
+        out = torch.empty((n, *size, *x.shape[3:]), dtype=torch.float32, device=x.device)
+        for i in range(n):
+            acc = out[i]
+            acc.copy_(x[i, 0::fh, 0::fw])
+            for a in range(fh):
+                for b in range(fw):
+                    if a or b:
+                        acc.add_(x[i, a::fh, b::fw])
+            acc.mul_(1.0 / (fh * fw))
+        return out
+    channels_last = x.dim() == 4
+    t = x.float().permute(0, 3, 1, 2) if channels_last else x.float()[:, None]
+    t = F.interpolate(t, size=size, mode="area")
+    return t.permute(0, 2, 3, 1) if channels_last else t[:, 0]
 
 
 def score_views(views: torch.Tensor, masks: torch.Tensor | None = None, depth: DepthMaps | None = None,
                 cameras: Cameras | None = None, reference: torch.Tensor | None = None, *,
-                depth_tolerance: float = 0.01, edge_margin: int = 1, min_pixels: int = MIN_PIXELS) -> dict:
+                depth_tolerance: float = 0.01, edge_margin: int = 1, min_pixels: int = MIN_PIXELS,
+                work_size: int | None = 512) -> dict:
     """All scores of a view set as a JSON-able dict.
 
     ``views`` [N,H,W,C] (enhanced), ``masks`` [N,H,W] alpha or None (whole frame), ``depth``/``cameras`` of the set
-    (depth at any size; it is resampled to the views' size and K scaled) or None, ``reference`` [N,H,W,C] the input
-    renders or None. Keys: ``consistency`` ({psnr, mae} means over the ring pairs (i, i+1), (i, i+2), and ``pairs``)
-    or None without depth or cameras, ``colour_drift`` (mean over views of :func:`colour_drift`'s Delta E; against
-    the reference's when given), ``colour_drift_max``, ``sharpness`` (mean Laplacian variance), ``sharpness_gain`` (geometric
-    mean over views of enhanced over reference Laplacian variance; None without reference), ``reference`` (the same
-    scores of the reference views: the ceiling the enhanced set is compared against) and ``per_view``, and
-    ``notes`` (what could not be computed and why). ``edge_margin`` is in pixels of the depth maps (see
-    :func:`warp_errors`).
+    (depth at any size; it is resampled nearest and K scaled) or None, ``reference`` [N,H,W,C] the input renders or
+    None. Keys: ``consistency`` ({psnr, mae} means over the ring pairs (i, i+1), (i, i+2); per pair in ``pairs``)
+    or None without depth or cameras, ``colour_drift`` (mean over views of :func:`colour_drift`'s Delta E; of the
+    change from the reference when given), ``colour_drift_max``, ``sharpness`` (mean Laplacian variance),
+    ``sharpness_gain`` (geometric mean over views of enhanced over reference Laplacian variance; None without
+    reference), ``reference`` (the reference views' own consistency: the ceiling the enhanced set is compared
+    against), ``per_view``, and ``notes`` (what could not be computed and why).
+
+    Warps and colour statistics run at ``work_size`` (longer side; views and masks area-downsampled, depth nearest)
+    when the views are larger; sharpness always at full resolution. ``edge_margin`` is in pixels of the depth maps
+    (see :func:`warp_geometry`). Enhanced and reference views share one warp geometry.
     """
     if views.dim() != 4 or views.shape[-1] < 3:
         raise ValueError(f"views must be [N,H,W,C] with C >= 3, got {list(views.shape)}")
@@ -235,37 +300,46 @@ def score_views(views: torch.Tensor, masks: torch.Tensor | None = None, depth: D
         raise ValueError(f"masks are {list(masks.shape)} but the views are {[n, h, w]} ([N,H,W])")
     if reference is not None and tuple(reference.shape[:3]) != (n, h, w):
         raise ValueError(f"reference views are {list(reference.shape[:3])} but the views are {[n, h, w]} ([N,H,W])")
+    scale = min(1.0, work_size / max(h, w)) if work_size else 1.0
+    size = (max(1, round(h * scale)), max(1, round(w * scale)))
+    views_w, masks_w, reference_w = _downsample(views, size), _downsample(masks, size), _downsample(reference, size)
     notes: list[str] = []
     geometry = None
+    depth_w = None
     if depth is None or cameras is None:
         notes.append("consistency not computed: the set has no " + ("depth" if depth is None else "cameras"))
     else:
         if depth.depth.shape[0] != n or len(cameras) != n:
             raise ValueError(f"{n} views but {depth.depth.shape[0]} depth maps and {len(cameras)} cameras")
-        d, k = depth_at_size(depth, cameras, (h, w))
+        depth_w, k = depth_at_size(depth, cameras, size)
         dh, dw = depth.depth.shape[-2:]
-        edge_margin = edge_margin * max(1, math.ceil(max(h / dh, w / dw)))
-        geometry = (d, Cameras(intrinsics=k, world_to_camera=cameras.world_to_camera,
-                               camera_to_world=cameras.camera_to_world, azimuth_deg=cameras.azimuth_deg,
-                               elevation_deg=cameras.elevation_deg, image_size=(h, w)))
+        edge_margin = edge_margin * max(1, math.ceil(max(size[0] / dh, size[1] / dw)))
+        cams_w = Cameras(intrinsics=k, world_to_camera=cameras.world_to_camera,
+                         camera_to_world=cameras.camera_to_world, azimuth_deg=cameras.azimuth_deg,
+                         elevation_deg=cameras.elevation_deg, image_size=size)
+        geometry = warp_geometry(depth_w, cams_w, masks_w, depth_tolerance=depth_tolerance, edge_margin=edge_margin)
     # colour and sharpness statistics: inside the mask (or, without one, where there is depth)
-    fg = foreground(views, masks, geometry[0] if geometry and masks is None else None)
+    fg_w = foreground(views_w, masks_w, depth_w if masks is None else None)
+    if masks is not None or depth is None:
+        fg = foreground(views, masks)
+    else:
+        fg = depth_at_size(depth, cameras, (h, w))[0].valid
 
-    def scores(v: torch.Tensor) -> tuple:
-        cons = _consistency(v, *geometry, masks, depth_tolerance, edge_margin, min_pixels) if geometry else None
-        return cons, *colour_stats(v, fg), sharpness(v, fg)
+    def scores(v: torch.Tensor, v_w: torch.Tensor) -> tuple:
+        cons = _consistency(v_w, geometry, min_pixels) if geometry is not None else None
+        return cons, *colour_stats(v_w, fg_w), sharpness(v, fg)
 
-    cons, means, stds, sharp = scores(views)
+    cons, means, stds, sharp = scores(views, views_w)
     out: dict = {"views": n, "size": [h, w], "consistency": None}
     if cons is not None:
         out["consistency"] = {"psnr": cons["psnr"], "mae": cons["mae"], "pairs_scored": cons["pairs_scored"],
-                              "pairs_total": len(cons["pairs"]), "depth_tolerance": depth_tolerance,
-                              "edge_margin_px": edge_margin}
+                              "pairs_total": len(cons["pairs"]), "work_size": list(size),
+                              "depth_tolerance": depth_tolerance, "edge_margin_px": edge_margin}
     gains = shift = None
     if reference is None:
         drift, spread = colour_drift(means, stds)
     else:
-        r_cons, r_means, r_stds, r_sharp = scores(reference)
+        r_cons, r_means, r_stds, r_sharp = scores(reference, reference_w)
         drift, spread = colour_drift(means, stds, r_means, r_stds)
         gains = sharp / r_sharp
         shift = (means - r_means).norm(dim=-1)

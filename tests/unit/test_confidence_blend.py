@@ -9,7 +9,7 @@ from glimpse.blend import blend, confidence_blend, confidence_preview
 from glimpse.cameras import make_cameras, unproject
 from glimpse.confidence import (
     blend_weights, combine, confidence_signals, confidence_weights, depth_edges, edge_confidence, grazing_confidence,
-    opacity_confidence, upsample_weight, view_cosine,
+    opacity_confidence, trusted, upsample_weight, view_cosine,
 )
 from glimpse.feather import box_sum, dilate, erode, feather, tent
 from glimpse.types import DepthMaps
@@ -148,6 +148,16 @@ def test_combine_weights():
         combine({"a": a}, {"a": -1})
     with pytest.raises(ValueError, match="unknown confidence signal 'c'"):
         combine({"a": a}, {"c": 1})
+
+
+def test_trusted_matches_the_weighted_geometric_mean():
+    torch.manual_seed(3)
+    signals = {"opacity": torch.rand(2, 32, 32), "edge": torch.rand(2, 32, 32), "grazing": torch.rand(2, 32, 32)}
+    for weights in ({"opacity": 1, "edge": 1, "grazing": 1}, {"opacity": 2, "edge": 0, "grazing": 1},
+                    {"opacity": 0.5, "edge": 1.5, "grazing": 1}):
+        mean = combine(signals, weights)
+        fast = trusted(signals, weights, 0.6)
+        assert (fast == (mean >= 0.6))[(mean - 0.6).abs() > 1e-5].all()
 
 
 def test_blend_is_exact_at_zero_and_one():
