@@ -102,7 +102,15 @@ class Timing:
     server_s: float = 0.0
     wall_s: float = 0.0
     views: int = 0
+    prompts: int = 0
+    executed: dict = field(default_factory=dict)  # class_type -> prompts in which it ran (not served from cache)
     lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def count_executed(self, classes: set[str]) -> None:
+        with self.lock:
+            self.prompts += 1
+            for c in classes:
+                self.executed[c] = self.executed.get(c, 0) + 1
 
     def add(self, **kw) -> None:
         with self.lock:
@@ -112,6 +120,8 @@ class Timing:
     def as_dict(self) -> dict:
         d = {k: round(getattr(self, k), 4) for k in ("upload_s", "queue_s", "collect_s", "server_s", "wall_s")}
         d["views"] = self.views
+        d["prompts"] = self.prompts
+        d["executed_nodes"] = dict(sorted(self.executed.items()))
         if self.views:
             d["overhead_per_view_s"] = round((self.upload_s + self.queue_s + self.collect_s) / self.views, 4)
             d["server_per_view_s"] = round(self.server_s / self.views, 4)
@@ -308,6 +318,7 @@ class Runner:
         label = f"{job.name} views {sel}" if len(self.jobs) > 1 else f"views {sel}"
         t_start = time.monotonic()
         t_q = {}
+        ran: set[str] = set()
 
         def on_queued(_pid):
             t_q["queued"] = time.monotonic()
@@ -316,13 +327,16 @@ class Runner:
             if kind == "progress":
                 self.progress.step_update(f"{label}: step {data.get('value')}/{data.get('max')} on {client.url}")
             elif kind == "executing" and data.get("node"):
-                cls = prompt.get(str(data["node"]), {}).get("class_type", data["node"])
+                node = prompt.get(str(data["node"])) or prompt.get(str(data.get("display_node")))
+                cls = node["class_type"] if node else str(data["node"])
+                ran.add(cls)
                 self.progress.step_update(f"{label}: {cls} on {client.url}")
 
         _, history = client.run(prompt, on_event, self.stop, source=f"the prompt for {label}", on_queued=on_queued)
         t_done = time.monotonic()
         self._collect(client, job, views, history)
         t_end = time.monotonic()
+        self.timing.count_executed(ran)
         self.timing.add(queue_s=t_q.get("queued", t_start) - t_start, collect_s=t_end - t_done,
                         server_s=_server_seconds(history), wall_s=t_end - t_start, views=len(views))
         self.progress.views_done(len(views), f"{label} on {client.url}")

@@ -25,6 +25,7 @@ pytestmark = pytest.mark.server
 
 REPO = Path(__file__).resolve().parents[2]
 CORE_WF = Path(__file__).parent / "data" / "core_per_view.json"
+IMG2IMG_WF = Path(__file__).parent / "data" / "core_img2img_per_view.json"
 SAMPLE_CANDIDATES = (REPO / "examples" / "fox", REPO.parent / "shared" / "data" / "sample_views" / "256")
 
 
@@ -252,3 +253,26 @@ def test_loop_chains_rounds_and_stops_on_a_failing_command(servers, views, tmp_p
               "--render-cmd", render, "--workflow", workflow(tmp_path), "--server", servers[0])
     assert bad.returncode == 3
     assert "round 1: the refit command failed with exit code 3: exit 3" in bad.stderr
+
+
+def test_img2img_loads_models_once_and_encodes_the_prompt_once(models_dir, views, tmp_path):
+    """A real SDXL (Vega fixture) + Lightning LoRA img2img per view through the embedded server: after the first
+    prompt, ComfyUI's cache serves the checkpoint, the LoRA and the text encoding; only the per-view nodes run."""
+    small = tmp_path / "small"
+    small.mkdir()
+    for i in range(3):
+        shutil.copy(views / f"view_{i:02d}.png", small)
+    wf = json.loads(IMG2IMG_WF.read_text())
+    wf["2"]["inputs"].update(width=64, height=64)
+    wf_path = tmp_path / "img2img.json"
+    wf_path.write_text(json.dumps(wf))
+    out = tmp_path / "out"
+    r = cli("run", small, "--out", out, "--workflow", wf_path, "--models-dir", models_dir, "--cpu")
+    assert r.returncode == 0, r.stderr
+    t = manifest(out)["timing"]
+    assert t["prompts"] == 3
+    ran = t["executed_nodes"]
+    assert ran["CheckpointLoaderSimple"] == 1 and ran["LoraLoaderModelOnly"] == 1 and ran["CLIPTextEncode"] == 1
+    assert ran["KSamplerAdvanced"] == 3 and ran["SaveImage"] == 3
+    with Image.open(out / "view_02.png") as im:
+        assert im.size == (64, 64)
