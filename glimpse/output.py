@@ -293,3 +293,27 @@ def save_view_set(root: str | Path, subfolder: str, images: torch.Tensor, *, alp
     out.files.append("manifest.json")
     out.manifest = record
     return out
+
+
+MODEL_EXTENSIONS = (".safetensors", ".sft", ".ckpt", ".pt", ".pth", ".bin", ".gguf")
+SEED_INPUTS = ("seed", "noise_seed")
+
+
+def workflow_facts(prompt: dict | None) -> dict:
+    """What a ComfyUI API prompt says about a run: ``parameters`` (every node's literal inputs, keyed
+    ``"<id> <class_type>"``), ``models`` ({node, class_type, input, name} for inputs naming a model file) and
+    ``seeds`` ({node, class_type, input, value})."""
+    parameters, models, seeds = {}, [], []
+    for node_id, node in sorted((prompt or {}).items(), key=lambda kv: str(kv[0])):
+        if not isinstance(node, dict):
+            continue
+        class_type = node.get("class_type", "?")
+        literal = {k: v for k, v in (node.get("inputs") or {}).items()
+                   if not (isinstance(v, list) and len(v) == 2 and isinstance(v[1], int))}  # [node, slot] = a link
+        parameters[f"{node_id} {class_type}"] = literal
+        for key, value in literal.items():
+            if isinstance(value, str) and value.lower().endswith(MODEL_EXTENSIONS):
+                models.append({"node": str(node_id), "class_type": class_type, "input": key, "name": value})
+            if key in SEED_INPUTS and isinstance(value, int):
+                seeds.append({"node": str(node_id), "class_type": class_type, "input": key, "value": value})
+    return {"parameters": parameters, "models": models, "seeds": seeds}

@@ -14,7 +14,7 @@ from PIL import Image
 
 from glimpse.cameras import orbit_cameras, parse_cameras
 from glimpse.output import (
-    atomic_write_bytes, cameras_to_json, claim_folder, resolve_subfolder, save_view_set, sha256_file,
+    atomic_write_bytes, cameras_to_json, claim_folder, resolve_subfolder, save_view_set, sha256_file, workflow_facts,
 )
 
 
@@ -200,3 +200,17 @@ def test_bad_shapes(tmp_path):
         save_view_set(tmp_path, "x", images, indices=[0, 1])
     with pytest.raises(ValueError, match="'..'"):
         save_view_set(tmp_path, "../x", images)
+
+
+def test_workflow_facts():
+    prompt = {
+        "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "sdxl/base.safetensors"}},
+        "2": {"class_type": "KSamplerAdvanced", "inputs": {"noise_seed": 42, "steps": 4, "model": ["1", 0]}},
+        "3": {"class_type": "SaveViewSet", "inputs": {"subfolder": "glimpse", "images": ["2", 0]}},
+    }
+    facts = workflow_facts(prompt)
+    assert facts["parameters"]["2 KSamplerAdvanced"] == {"noise_seed": 42, "steps": 4}
+    assert facts["models"] == [{"node": "1", "class_type": "CheckpointLoaderSimple", "input": "ckpt_name",
+                                "name": "sdxl/base.safetensors"}]
+    assert facts["seeds"][0]["value"] == 42
+    assert workflow_facts(None) == {"parameters": {}, "models": [], "seeds": []}
