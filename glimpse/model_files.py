@@ -130,7 +130,7 @@ def check_sdxl_lora(header: dict[str, dict], filename: str) -> UNetShape:
     if shape.context_dims != frozenset({SDXL_CONTEXT_DIM}):
         raise ValueError(f"{filename} is not an SDXL LoRA: its cross-attention pairs expect "
                          f"{_dims(shape)}-dim text embeddings ({shape.family}); SDXL-Lightning LoRAs "
-                         f"expect {SDXL_CONTEXT_DIM} (SDXL). ComfyUI would skip its keys ('lora key not loaded') and "
+                         f"expect {SDXL_CONTEXT_DIM} (SDXL). ComfyUI would skip its keys with only a warning and "
                          "sample with the base model")
     return shape
 

@@ -3,6 +3,8 @@ from typing_extensions import override
 
 from comfy_api.latest import ComfyExtension, io
 
+from .lightning import GlimpseCheckpointLoader, LightningLoader
+from .memory import MemoryPreset, MemoryReport
 from .prompt import GlimpsePrompt, register_prompt_folder
 
 
@@ -13,4 +15,8 @@ class GlimpseExtension(ComfyExtension):
         register_prompt_folder()
         return [
             GlimpsePrompt,
+            LightningLoader,
+            GlimpseCheckpointLoader,
+            MemoryPreset,
+            MemoryReport,
         ]
