@@ -3,9 +3,11 @@ from typing_extensions import override
 
 from comfy_api.latest import ComfyExtension, io
 
+from .depth import DepthControlNet, register_depth_estimator_folder
 from .lightning import GlimpseCheckpointLoader, LightningLoader
 from .memory import MemoryPreset, MemoryReport
 from .prompt import GlimpsePrompt, register_prompt_folder
+from .viewset import LoadViewSet
 
 
 class GlimpseExtension(ComfyExtension):
@@ -13,10 +15,13 @@ class GlimpseExtension(ComfyExtension):
     async def get_node_list(self) -> list[type[io.ComfyNode]]:
         # Called once when ComfyUI registers the pack (v0.3.64 never calls on_load): register the pack's folders.
         register_prompt_folder()
+        register_depth_estimator_folder()
         return [
             GlimpsePrompt,
             LightningLoader,
             GlimpseCheckpointLoader,
             MemoryPreset,
             MemoryReport,
+            LoadViewSet,
+            DepthControlNet,
         ]

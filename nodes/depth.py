@@ -1,0 +1,240 @@
+"""DepthControlNet: renderer depth (or monocular depth made consistent across views) as one depth hint for the set."""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+import comfy.model_management
+import comfy.utils
+import folder_paths
+import nodes
+from comfy_api.latest import io
+
+from ..glimpse.depth import MODES, align_monocular, depth_hint, merge_depth, with_set_range
+from ..glimpse.types import DepthMaps
+from ..glimpse.types import Settings as SettingsValue
+from ..glimpse.viewset import views_without_depth
+from .types import Depth, Settings
+
+log = logging.getLogger(__name__)
+
+ESTIMATOR_FOLDER = "depth_estimators"
+NO_ESTIMATOR = "none"
+ESTIMATOR_BATCH = 4
+
+
+def register_depth_estimator_folder() -> None:
+    """Register ``models/depth_estimators`` with folder_paths: one sub-folder per estimator, holding a transformers
+    depth model as ``*.safetensors`` + ``config.json`` (+ optional ``preprocessor_config.json``)."""
+    folder_paths.add_model_folder_path(ESTIMATOR_FOLDER, os.path.join(folder_paths.models_dir, ESTIMATOR_FOLDER))
+
+
+def estimator_names() -> list[str]:
+    """Sub-folders of the depth_estimators folders that hold a safetensors model and a config.json."""
+    if ESTIMATOR_FOLDER not in folder_paths.folder_names_and_paths:
+        return []
+    names = set()
+    for f in folder_paths.get_filename_list(ESTIMATOR_FOLDER):
+        parent = os.path.dirname(f)
+        if f.endswith(".safetensors") and parent and _estimator_dir(parent) is not None:
+            names.add(parent.replace(os.sep, "/"))
+    return sorted(names)
+
+
+def _estimator_dir(name: str) -> Path | None:
+    for base in folder_paths.get_folder_paths(ESTIMATOR_FOLDER):
+        d = Path(base) / name
+        if (d / "config.json").is_file() and any(d.glob("*.safetensors")):
+            return d
+    return None
+
+
+_CACHE: dict = {}
+
+
+def _load_estimator(name: str):
+    """(model, preprocessing dict, relative) for an estimator folder; loaded offline with transformers, cached."""
+    folder = _estimator_dir(name)
+    if folder is None:
+        raise FileNotFoundError(f"depth estimator {name!r}: no folder with config.json and a .safetensors model under "
+                                f"{', '.join(folder_paths.get_folder_paths(ESTIMATOR_FOLDER))}")
+    key = (str(folder), tuple(sorted((p.name, p.stat().st_mtime_ns) for p in folder.iterdir() if p.is_file())))
+    if _CACHE.get("key") == key:
+        return _CACHE["value"]
+    from transformers import AutoModelForDepthEstimation
+
+    model = AutoModelForDepthEstimation.from_pretrained(str(folder), local_files_only=True, use_safetensors=True)
+    model.eval().to(comfy.model_management.unet_offload_device())
+    pre = {"size": {"height": 518, "width": 518}, "ensure_multiple_of": 14, "image_mean": [0.485, 0.456, 0.406],
+           "image_std": [0.229, 0.224, 0.225]}
+    pre_file = folder / "preprocessor_config.json"
+    if pre_file.is_file():
+        pre.update({k: v for k, v in json.loads(pre_file.read_text(encoding="utf-8")).items() if k in pre})
+    relative = getattr(model.config, "depth_estimation_type", "relative") != "metric"
+    _CACHE.clear()
+    _CACHE.update(key=key, value=(model, pre, relative))
+    return model, pre, relative
+
+
+def estimate_inverse_depth(name: str, images: torch.Tensor) -> torch.Tensor:
+    """Relative inverse depth [N,H,W] (near = large) of IMAGE views [N,H,W,3], by the named estimator."""
+    model, pre, relative = _load_estimator(name)
+    n, h, w, _ = images.shape
+    size = pre["size"]
+    th, tw = (size.get("height", 518), size.get("width", 518)) if isinstance(size, dict) else (size, size)
+    m = max(int(pre.get("ensure_multiple_of", 14)), 1)
+    scale = max(th / h, tw / w)  # keep aspect, cover the target size (as DPT's keep_aspect_ratio)
+    ih, iw = max(m, round(h * scale / m) * m), max(m, round(w * scale / m) * m)
+    mean = torch.tensor(pre["image_mean"], dtype=torch.float32).view(1, 3, 1, 1)
+    std = torch.tensor(pre["image_std"], dtype=torch.float32).view(1, 3, 1, 1)
+    device = comfy.model_management.get_torch_device()
+    dtype = next(model.parameters()).dtype
+    out = torch.empty((n, h, w), dtype=torch.float32)
+    bar = comfy.utils.ProgressBar(n)
+    model.to(device)
+    try:
+        for s in range(0, n, ESTIMATOR_BATCH):
+            comfy.model_management.throw_exception_if_processing_interrupted()
+            x = images[s:s + ESTIMATOR_BATCH, ..., :3].movedim(-1, 1).to(torch.float32)
+            x = F.interpolate(x, size=(ih, iw), mode="bicubic", align_corners=False).clamp(0, 1)
+            x = ((x - mean) / std).to(device=device, dtype=dtype)
+            with torch.no_grad():
+                pred = model(pixel_values=x).predicted_depth.float()
+            pred = F.interpolate(pred[:, None], size=(h, w), mode="bilinear", align_corners=False)[:, 0].cpu()
+            out[s:s + ESTIMATOR_BATCH] = pred if relative else 1.0 / pred.clamp_min(1e-6)
+            bar.update(pred.shape[0])
+    finally:
+        model.to(comfy.model_management.unet_offload_device())
+    return out
+
+
+def _views(indices: list[int]) -> str:
+    return ", ".join(f"view_{i:02d}" for i in indices)
+
+
+class DepthControlNet(io.ComfyNode):
+    """Builds the set's hint, then applies it through core ``ControlNetApplyAdvanced.apply_controlnet``."""
+
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="DepthControlNet",
+            display_name="Depth ControlNet (view set)",
+            category="Glimpse",
+            description="Applies a depth ControlNet to the conditioning with ONE depth hint for the whole view set: "
+                        "near/far are robust percentiles over every valid pixel of every view, so the same depth has "
+                        "the same grey in every view; near is bright, background 0. Renderer depth is used where it "
+                        "exists; views without it (or all views, with no depth connected) get monocular depth from a "
+                        "depth estimator, normalised jointly and aligned (scale and shift) to the renderer depth. "
+                        "Works with diffusers/xinsir depth ControlNets (full, mid, small) and the T2I-Adapter depth "
+                        "from core ControlNetLoader; for ControlNet Union promax put core SetUnionControlNetType "
+                        "(type depth) before this node.",
+            inputs=[
+                io.Conditioning.Input("positive", tooltip="Positive conditioning (e.g. from GlimpsePrompt)."),
+                io.Conditioning.Input("negative", tooltip="Negative conditioning."),
+                io.ControlNet.Input("control_net",
+                                    tooltip="A depth ControlNet or T2I-Adapter from core ControlNetLoader (union: "
+                                            "through SetUnionControlNetType)."),
+                Depth.Input("depth", optional=True,
+                            tooltip="Renderer depth from LoadViewSet. Views without valid depth fall back to the "
+                                    "depth estimator."),
+                io.Image.Input("images", optional=True,
+                               tooltip="The views, for monocular depth estimation where renderer depth is missing."),
+                io.Mask.Input("mask", optional=True,
+                              tooltip="Opacity per view (LoadViewSet mask): where it is below 0.5, estimated depth "
+                                      "counts as background. Renderer depth carries its own validity."),
+                io.Float.Input("strength", default=0.5, min=0.0, max=10.0, step=0.01,
+                               tooltip="ControlNet strength; 0 returns the conditioning unchanged. Ignored when "
+                                       "settings are connected."),
+                io.Float.Input("start_percent", default=0.0, min=0.0, max=1.0, step=0.001,
+                               tooltip="Sampling progress at which the control starts."),
+                io.Float.Input("end_percent", default=1.0, min=0.0, max=1.0, step=0.001,
+                               tooltip="Sampling progress at which the control ends."),
+                io.Combo.Input("normalisation", options=list(MODES), default=MODES[0],
+                               tooltip="shared_inverse: grey linear in 1/z between the set's near and far (like the "
+                                       "inverse-depth maps these ControlNets were trained on); shared_linear: linear "
+                                       "in z. Both use one near/far for all views."),
+                io.Vae.Input("vae", optional=True, tooltip="Passed to the ControlNet for models that need it."),
+                Settings.Input("settings", optional=True,
+                               tooltip="GLIMPSE_SETTINGS from MemoryPreset: when connected, its controlnet_strength "
+                                       "is the strength."),
+                io.Combo.Input("depth_estimator", options=[NO_ESTIMATOR, *estimator_names()], default=NO_ESTIMATOR,
+                               optional=True,
+                               tooltip="A transformers depth model folder in models/depth_estimators (safetensors + "
+                                       "config.json, e.g. Depth-Anything-V2-Small-hf), used for views without "
+                                       "renderer depth."),
+            ],
+            outputs=[
+                io.Conditioning.Output(display_name="positive", tooltip="Positive conditioning with the control."),
+                io.Conditioning.Output(display_name="negative", tooltip="Negative conditioning with the control."),
+                io.Image.Output(display_name="hint", tooltip="The depth hint per view (near bright, background 0)."),
+            ],
+        )
+
+    @classmethod
+    def execute(cls, positive, negative, control_net, strength: float = 0.5, start_percent: float = 0.0,
+                end_percent: float = 1.0, normalisation: str = MODES[0], depth: DepthMaps | None = None,
+                images: torch.Tensor | None = None, mask: torch.Tensor | None = None, vae=None,
+                settings: SettingsValue | None = None, depth_estimator: str = NO_ESTIMATOR) -> io.NodeOutput:
+        if settings is not None:
+            strength = settings.controlnet_strength
+        depth_estimator = depth_estimator or NO_ESTIMATOR
+        if strength == 0:  # no control: no estimator run; the preview shows the renderer depth if there is any
+            if depth is not None and bool(depth.valid.any()):
+                return io.NodeOutput(positive, negative, depth_hint(depth, normalisation))
+            ref = images if images is not None else depth.depth.unsqueeze(-1) if depth is not None else None
+            shape = (*ref.shape[:3], 3) if ref is not None else (1, 64, 64, 3)
+            return io.NodeOutput(positive, negative, torch.zeros(shape, dtype=torch.float32))
+        need = cls.check(depth, images, mask, depth_estimator)
+        if need:
+            depth = cls.monocular(depth, images, mask, depth_estimator, need)
+        hint = depth_hint(depth, normalisation)
+        pos, neg = nodes.ControlNetApplyAdvanced().apply_controlnet(positive, negative, control_net, hint, strength,
+                                                                    start_percent, end_percent, vae=vae)
+        return io.NodeOutput(pos, neg, hint)
+
+    @staticmethod
+    def check(depth: DepthMaps | None, images, mask, estimator: str) -> list[int]:
+        """Validate the inputs before any model work; returns the views that need monocular depth."""
+        if depth is None and images is None:
+            raise ValueError("DepthControlNet needs depth (GLIMPSE_DEPTH from LoadViewSet) or images with a "
+                             "depth_estimator")
+        n = depth.depth.shape[0] if depth is not None else images.shape[0]
+        size = tuple(depth.depth.shape[1:]) if depth is not None else tuple(images.shape[1:3])
+        if images is not None and (images.shape[0], *images.shape[1:3]) != (n, *size):
+            raise ValueError(f"images are {images.shape[0]} views of {images.shape[2]}x{images.shape[1]} but depth is "
+                             f"{n} views of {size[1]}x{size[0]}; connect both from the same LoadViewSet")
+        if mask is not None and (mask.shape[0] not in (1, n) or tuple(mask.shape[1:]) != size):
+            raise ValueError(f"mask is {mask.shape[0]} views of {mask.shape[2]}x{mask.shape[1]} but the set is {n} "
+                             f"views of {size[1]}x{size[0]}")
+        need = list(range(n)) if depth is None else views_without_depth(depth)
+        if need and (images is None or estimator == NO_ESTIMATOR):
+            what = "no depth is connected" if depth is None else f"{_views(need)} have no valid renderer depth"
+            raise ValueError(f"DepthControlNet: {what}; connect images and choose a depth_estimator for monocular "
+                             "depth, or give those views depth files")
+        if need and _estimator_dir(estimator) is None:
+            raise FileNotFoundError(f"depth estimator {estimator!r} is not in models/{ESTIMATOR_FOLDER} (found: "
+                                    f"{', '.join(estimator_names()) or 'none'})")
+        return need
+
+    @staticmethod
+    def monocular(depth: DepthMaps | None, images: torch.Tensor, mask, estimator: str, need: list[int]) -> DepthMaps:
+        """Estimate every view (the views with renderer depth anchor the alignment), keep renderer depth, fill
+        ``need``."""
+        pred = estimate_inverse_depth(estimator, images)
+        fg = (mask > 0.5).expand(pred.shape[0], -1, -1) if mask is not None else None
+        aligned, notes = align_monocular(pred, depth, fg)
+        for line in notes:
+            log.info("DepthControlNet: %s", line)
+        if depth is None:
+            return with_set_range(aligned)
+        merged = merge_depth(depth, aligned, need)
+        if depth.near is not None and depth.far is not None:  # keep the set-wide range a chunk was given
+            return replace(merged, near=depth.near, far=depth.far)
+        return with_set_range(merged)

@@ -1,0 +1,172 @@
+"""LoadViewSet and DepthControlNet in a real ComfyUI, on ../shared/data/sample_views/256 at 64x64, with the Vega-size
+SDXL fixture and each fixture depth ControlNet (full, small, T2I-Adapter), plus the monocular path with the fixture
+Depth Anything estimator.
+
+Graph: LoadViewSet -> VAEEncode; CLIPTextEncode x2; ControlNetLoader -> DepthControlNet -> KSamplerAdvanced. The
+control counts as applied when the sampled latent differs from the same graph at strength 0.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from glimpse.types import DepthMaps
+
+SAMPLE = Path(__file__).resolve().parents[3] / "shared" / "data" / "sample_views" / "256"
+CHECKPOINT = "sd_xl_base_1.0.safetensors"
+CONTROLNETS = {
+    "full": "controlnet-depth-sdxl-1.0.safetensors",
+    "small": "controlnet-depth-sdxl-1.0-small.safetensors",
+    "t2i-adapter": "t2i-adapter-depth-midas-sdxl-1.0.safetensors",
+}
+ESTIMATOR = "depth-anything-small"
+VIEWS = 4  # views sampled per graph (all 16 are loaded and hinted)
+
+pytestmark = pytest.mark.skipif(not SAMPLE.is_dir(), reason="../shared/data/sample_views is not available")
+
+
+@pytest.fixture(scope="module")
+def viewset(comfy):
+    images, mask, depth, cameras, count = comfy.run("LoadViewSet", path=str(SAMPLE), background="#808080",
+                                                    resolution=64, strip_views=0, depth_png_scale=0.0)
+    return SimpleNamespace(images=images, mask=mask, depth=depth, cameras=cameras, count=count)
+
+
+@pytest.fixture(scope="module")
+def vega(comfy):
+    model, clip, vae = comfy.run("CheckpointLoaderSimple", ckpt_name=CHECKPOINT)
+    pos = comfy.run("CLIPTextEncode", clip=clip, text="a sharp photo of a low-poly fox")[0]
+    neg = comfy.run("CLIPTextEncode", clip=clip, text="blurry")[0]
+    yield SimpleNamespace(model=model, clip=clip, vae=vae, pos=pos, neg=neg)
+    del model, clip, vae, pos, neg
+    comfy.free()
+
+
+def sample(comfy, vega, pos, neg, latent) -> torch.Tensor:
+    (out,) = comfy.run("KSamplerAdvanced", model=vega.model, add_noise="enable", noise_seed=3, steps=2, cfg=1.0,
+                       sampler_name="euler", scheduler="sgm_uniform", positive=pos, negative=neg, latent_image=latent,
+                       start_at_step=0, end_at_step=2, return_with_leftover_noise="disable")
+    return out["samples"]
+
+
+def test_load_view_set_outputs(viewset):
+    assert viewset.count == 16
+    assert viewset.images.shape == (16, 64, 64, 3) and viewset.mask.shape == (16, 64, 64)
+    # the pack's glimpse is imported as part of the custom node package: same classes by name, not by identity
+    assert type(viewset.depth).__name__ == "DepthMaps" and viewset.depth.depth.shape == (16, 64, 64)
+    assert type(viewset.cameras).__name__ == "Cameras" and viewset.cameras.image_size == (64, 64)
+    assert viewset.cameras.intrinsics[0, 0, 0].item() == pytest.approx(70.0)
+    assert viewset.depth.valid.any(dim=(1, 2)).all()
+
+
+def test_load_view_set_takes_resolution_from_settings(comfy):
+    from glimpse.types import Settings
+
+    settings = Settings(preset="test", steps=4, strength=0.5, controlnet_strength=0.4, resolution=128,
+                        views_per_chunk=4, tiled_vae=False, vae_tile_size=512, unet_dtype="default",
+                        controlnet_size="small")
+    images, *_ = comfy.run("LoadViewSet", path=str(SAMPLE), resolution=64, settings=settings)
+    assert images.shape == (16, 128, 128, 3)
+
+
+def test_load_view_set_validation_messages(comfy, tmp_path):
+    cls = comfy.pack["LoadViewSet"]
+    assert cls.validate_inputs(path=str(tmp_path / "missing")).endswith("does not exist")
+    (tmp_path / "view_00.png").write_bytes((SAMPLE / "view_00.png").read_bytes())
+    assert "cameras.json is missing" in cls.validate_inputs(path=str(tmp_path))
+    assert "background colour" in cls.validate_inputs(path=str(SAMPLE), background="nope")
+    assert cls.validate_inputs(path=str(SAMPLE), background="#808080") is True
+    assert cls.validate_inputs() is True  # a linked path is checked when the node runs
+    f0 = cls.fingerprint_inputs(path=str(SAMPLE))
+    assert f0 == cls.fingerprint_inputs(path=str(SAMPLE)) and len(f0) == 64
+
+
+@pytest.mark.parametrize("kind", list(CONTROLNETS))
+def test_depth_controlnet_applies_the_control(comfy, vega, viewset, kind, assert_finite):
+    (cnet,) = comfy.run("ControlNetLoader", control_net_name=CONTROLNETS[kind])
+    (latent,) = comfy.run("VAEEncode", pixels=viewset.images[:VIEWS], vae=vega.vae)
+    depth = DepthMaps(depth=viewset.depth.depth[:VIEWS], valid=viewset.depth.valid[:VIEWS],
+                      near=viewset.depth.near, far=viewset.depth.far)
+    pos0, neg0, hint0 = comfy.run("DepthControlNet", positive=vega.pos, negative=vega.neg, control_net=cnet,
+                                  depth=depth, strength=0.0)
+    assert pos0 is vega.pos and neg0 is vega.neg  # strength 0: conditioning untouched
+    pos, neg, hint = comfy.run("DepthControlNet", positive=vega.pos, negative=vega.neg, control_net=cnet,
+                               depth=depth, strength=0.5, start_percent=0.0, end_percent=1.0,
+                               normalisation="shared_inverse", vae=vega.vae)
+    assert "control" in pos[0][1] and "control" in neg[0][1]
+    assert hint.shape == (VIEWS, 64, 64, 3) and torch.equal(hint, hint0)
+    assert (hint[~depth.valid] == 0).all() and float(hint.max()) > 0.9
+    base = sample(comfy, vega, vega.pos, vega.neg, latent)
+    controlled = sample(comfy, vega, pos, neg, latent)
+    assert_finite(controlled)
+    assert controlled.shape == base.shape == latent["samples"].shape
+    assert (controlled - base).abs().max() > 1e-3
+
+
+def test_hint_of_a_chunk_matches_the_full_set(comfy, viewset):
+    (cnet,) = comfy.run("ControlNetLoader", control_net_name=CONTROLNETS["small"])
+    cond = [[torch.zeros(1, 77, 2048), {"pooled_output": torch.zeros(1, 1280)}]]
+    *_, full = comfy.run("DepthControlNet", positive=cond, negative=cond, control_net=cnet, depth=viewset.depth)
+    chunk = DepthMaps(depth=viewset.depth.depth[8:12], valid=viewset.depth.valid[8:12], near=viewset.depth.near,
+                      far=viewset.depth.far)
+    *_, part = comfy.run("DepthControlNet", positive=cond, negative=cond, control_net=cnet, depth=chunk)
+    assert torch.equal(part, full[8:12])
+
+
+def test_monocular_estimator_gives_per_view_depth(comfy, viewset):
+    cls = comfy.pack["DepthControlNet"]
+    module = sys.modules[cls.__module__]
+    assert ESTIMATOR in module.estimator_names()
+    pred = module.estimate_inverse_depth(ESTIMATOR, viewset.images)
+    assert pred.shape == (16, 64, 64) and torch.isfinite(pred).all() and pred.std() > 0
+    (cnet,) = comfy.run("ControlNetLoader", control_net_name=CONTROLNETS["small"])
+    cond = [[torch.zeros(1, 77, 2048), {"pooled_output": torch.zeros(1, 1280)}]]
+    # no renderer depth at all: every view estimated, background from the mask
+    pos, _, hint = comfy.run("DepthControlNet", positive=cond, negative=cond, control_net=cnet, images=viewset.images,
+                             mask=viewset.mask, depth_estimator=ESTIMATOR, strength=0.5)
+    assert hint.shape == (16, 64, 64, 3) and "control" in pos[0][1]
+    fg = viewset.mask > 0.5
+    assert (hint[~fg] == 0).all() and (hint[fg] > 0).float().mean() > 0.95
+    # view 3 without renderer depth: filled by the estimate aligned to the other views' depth
+    d = viewset.depth
+    z, v = d.depth.clone(), d.valid.clone()
+    z[3], v[3] = 0, False
+    partial = DepthMaps(depth=z, valid=v, near=d.near, far=d.far)
+    *_, hint2 = comfy.run("DepthControlNet", positive=cond, negative=cond, control_net=cnet, depth=partial,
+                          images=viewset.images, mask=viewset.mask, depth_estimator=ESTIMATOR, strength=0.5)
+    assert (hint2[3][fg[3]] > 0).float().mean() > 0.95
+    others = torch.arange(16) != 3
+    assert torch.equal(hint2[others], comfy.run("DepthControlNet", positive=cond, negative=cond, control_net=cnet,
+                                                depth=d, strength=0.5)[2][others])
+
+
+def test_missing_depth_without_estimator_is_a_clear_error(comfy, viewset):
+    (cnet,) = comfy.run("ControlNetLoader", control_net_name=CONTROLNETS["small"])
+    cond = [[torch.zeros(1, 77, 2048), {"pooled_output": torch.zeros(1, 1280)}]]
+    z, v = viewset.depth.depth.clone(), viewset.depth.valid.clone()
+    z[[2, 9]], v[[2, 9]] = 0, False
+    with pytest.raises(ValueError, match=r"view_02, view_09 have no valid renderer depth; connect images"):
+        comfy.run("DepthControlNet", positive=cond, negative=cond, control_net=cnet, depth=DepthMaps(z, v),
+                  strength=0.5)
+    with pytest.raises(ValueError, match="needs depth"):
+        comfy.run("DepthControlNet", positive=cond, negative=cond, control_net=cnet, strength=0.5)
+    with pytest.raises(ValueError, match=r"images are 4 views of 64x64 but depth is 16 views"):
+        comfy.run("DepthControlNet", positive=cond, negative=cond, control_net=cnet, depth=viewset.depth,
+                  images=viewset.images[:4], strength=0.5)
+
+
+def test_bad_path_is_rejected_by_the_server_before_running(comfy_server, tmp_path):
+    prompt = {"1": {"class_type": "LoadViewSet", "inputs": {"path": str(tmp_path / "nope"), "background": "#808080",
+                                                             "resolution": 64, "strip_views": 0,
+                                                             "depth_png_scale": 0.0}},
+              "2": {"class_type": "PreviewImage", "inputs": {"images": ["1", 0]}}}
+    with pytest.raises(comfy_server.PromptError) as e:
+        comfy_server.queue(prompt)
+    assert "does not exist" in str(e.value) and "nope" in str(e.value)
+    prompt["1"]["inputs"]["path"] = str(SAMPLE)
+    entry = comfy_server.queue(prompt)
+    assert len(entry["outputs"]["2"]["images"]) == 16
