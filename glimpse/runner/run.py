@@ -27,12 +27,14 @@ output folder, unreachable server), 130 interrupted (Ctrl-C). Rerunning the same
 """
 from __future__ import annotations
 
+import json
 import os
 import re
 import sys
 import tempfile
 import threading
 import time
+import urllib.error
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -306,10 +308,24 @@ class Runner:
             for name, it in per_view[v].items():
                 data = client.view(it["filename"], it.get("subfolder", ""), "output")
                 mf.write_atomic(job.out_dir / name, data)
+        node_manifest = None
+        if self.mode == "set" and not job.manifest.get("workflow_facts"):
+            node_manifest = self._node_manifest(client, per_view[views[0]]["view_%02d.png" % views[0]])
         with job.lock:
             for v in views:
                 mf.record(job.manifest, v, job.params, list(per_view[v]), server=client.url)
+            if node_manifest:
+                job.manifest["workflow_facts"] = node_manifest
             mf.save(job.manifest, job.out_dir)
+
+    @staticmethod
+    def _node_manifest(client: ComfyClient, view_item: dict) -> dict | None:
+        """SaveViewSet's manifest.json beside the views: the prompt's parameters, model files and seed."""
+        try:
+            data = json.loads(client.view("manifest.json", view_item.get("subfolder", ""), "output"))
+        except (urllib.error.HTTPError, json.JSONDecodeError):
+            return None
+        return {k: data[k] for k in ("parameters", "models", "seed") if k in data} or None
 
     def _run_chunk(self, client: ComfyClient, job: SetJob, views: list[int]) -> None:
         self._upload(client, job)

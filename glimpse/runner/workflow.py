@@ -41,7 +41,7 @@ class Override:
     convert: type | None = None
 
 
-MEMORY_PRESET = "GlimpseMemoryPreset"
+MEMORY_PRESET = "MemoryPreset"
 # The one table of what the runner may change in a workflow (node ids as the pack registers them).
 # LightningLoader's strength and LoadViewSet's resolution are ignored when GLIMPSE_SETTINGS are wired in, and a named
 # MemoryPreset ignores its own fields, so --strength/--resolution also go to MemoryPreset, which the runner then turns
@@ -50,9 +50,9 @@ OVERRIDES: tuple[Override, ...] = (
     Override("path", (("LoadViewSet", "path"),), "view set folder, relative to ComfyUI's input folder"),
     Override("views", (("LoadViewSet", "views"),), "selection of views for one chunk, e.g. 4-7"),
     Override("preset", ((MEMORY_PRESET, "preset"),), "memory/speed preset"),
-    Override("steps", (("GlimpseLightningLoader", "steps"), (MEMORY_PRESET, "steps")),
+    Override("steps", (("LightningLoader", "steps"), (MEMORY_PRESET, "steps")),
              "Lightning step count (LightningLoader's widget wins over the preset)", convert=str),
-    Override("strength", (("GlimpseLightningLoader", "strength"), (MEMORY_PRESET, "strength")), "img2img strength",
+    Override("strength", (("LightningLoader", "strength"), (MEMORY_PRESET, "strength")), "img2img strength",
              every=True),
     Override("seed", (("KSamplerAdvanced", "noise_seed"), ("RandomNoise", "noise_seed"), ("KSampler", "seed")),
              "noise seed shared by every view"),

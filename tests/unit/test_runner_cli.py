@@ -95,7 +95,7 @@ def test_canvas_workflow_is_refused(viewset, tmp_path):
 def test_override_without_its_node_is_reported(viewset, workflow, tmp_path):
     code, out = run_cli(["run", str(viewset), "--out", str(tmp_path / "o"), "--workflow", str(workflow),
                          "--steps", "2", "--server", "127.0.0.1:1"], tmp_path)
-    assert code == 2 and "--steps: no GlimpseLightningLoader node" in out
+    assert code == 2 and "--steps: no LightningLoader node" in out
 
 
 def test_unwritable_output_folder(viewset, workflow, tmp_path):

@@ -8,9 +8,9 @@ from glimpse.runner.workflow import (OVERRIDES, OverrideError, WorkflowError, ap
 
 SET_WF = {
     "1": {"class_type": "LoadViewSet", "inputs": {"path": "set", "views": "all", "resolution": 1024}},
-    "2": {"class_type": "GlimpseMemoryPreset", "inputs": {"preset": "t4_balanced", "steps": "4", "strength": 0.75,
+    "2": {"class_type": "MemoryPreset", "inputs": {"preset": "t4_balanced", "steps": "4", "strength": 0.75,
                                                           "resolution": 1024, "views_per_chunk": 1}},
-    "3": {"class_type": "GlimpseLightningLoader", "inputs": {"steps": "auto", "strength": 0.75, "settings": ["2", 0]}},
+    "3": {"class_type": "LightningLoader", "inputs": {"steps": "auto", "strength": 0.75, "settings": ["2", 0]}},
     "4": {"class_type": "KSamplerAdvanced", "inputs": {"noise_seed": 1, "model": ["3", 0]}},
     "5": {"class_type": "GlimpsePrompt", "inputs": {"subject": "a fox", "template": "default"}},
     "6": {"class_type": "SaveViewSet", "inputs": {"subfolder": "glimpse", "save_hints": False, "images": ["4", 0]}},
@@ -39,11 +39,11 @@ def test_none_values_are_not_applied():
 
 
 def test_missing_node_and_input_are_named():
-    wf = {k: v for k, v in SET_WF.items() if v["class_type"] not in ("GlimpseLightningLoader", "GlimpseMemoryPreset")}
+    wf = {k: v for k, v in SET_WF.items() if v["class_type"] not in ("LightningLoader", "MemoryPreset")}
     with pytest.raises(OverrideError) as e:
         apply_overrides(wf, {"steps": 2, "seed": 3, "template": "x"}, "my.json")
     assert set(e.value.problems) == {"steps"}
-    assert "--steps: no GlimpseLightningLoader node; no GlimpseMemoryPreset node" in str(e.value)
+    assert "--steps: no LightningLoader node; no MemoryPreset node" in str(e.value)
     assert "my.json" in str(e.value)
     wf2 = json.loads(json.dumps(SET_WF))
     del wf2["5"]["inputs"]["template"]
@@ -60,7 +60,7 @@ def test_wired_input_is_not_overwritten():
 
 def test_seed_falls_back_to_random_noise_and_resolution_to_memory_preset():
     wf = {"1": {"class_type": "RandomNoise", "inputs": {"noise_seed": 0}},
-          "2": {"class_type": "GlimpseMemoryPreset", "inputs": {"preset": "custom", "resolution": 1024}}}
+          "2": {"class_type": "MemoryPreset", "inputs": {"preset": "custom", "resolution": 1024}}}
     out, _ = apply_overrides(wf, {"seed": 42, "resolution": 512})
     assert out["1"]["inputs"]["noise_seed"] == 42 and out["2"]["inputs"]["resolution"] == 512
 
