@@ -2,12 +2,14 @@
 
 Builds the set once in a temporary folder from ../shared/data/sample_views/512 upscaled to 1024 (RGBA PNGs and
 float32 .npz depth, as a renderer would write them), then times scan + load + hint at working resolution 1024, best of
-``--repeat`` runs, with the given torch thread counts. Prints one line per thread count.
+``--repeat`` runs, with the given torch thread counts. Prints one line per thread count: wall time per stage, and
+the process CPU time of the whole (with one thread, the wall time the work takes on an otherwise idle core).
 
     python bench/viewset_load.py [--threads 1 2] [--repeat 3]
 """
 import argparse
 import json
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -44,18 +46,20 @@ def main() -> None:
             torch.set_num_threads(threads)
             best = {}
             for _ in range(args.repeat):
-                t0 = time.perf_counter()
+                c0, t0 = time.process_time(), time.perf_counter()
                 spec = scan_view_set(folder)
                 t1 = time.perf_counter()
                 vs = load_view_set(spec, resolution=1024)
                 t2 = time.perf_counter()
                 hint = depth_hint(vs.depth)
-                t3 = time.perf_counter()
-                for k, v in (("scan", t1 - t0), ("load", t2 - t1), ("hint", t3 - t2), ("total", t3 - t0)):
+                t3, c3 = time.perf_counter(), time.process_time()
+                for k, v in (("scan", t1 - t0), ("load", t2 - t1), ("hint", t3 - t2), ("total", t3 - t0),
+                             ("cpu", c3 - c0)):
                     best[k] = min(best.get(k, float("inf")), v)
             assert hint.shape == (16, 1024, 1024, 3)
             print(f"threads={threads}: 16 views 1024x1024 scan {best['scan']:.3f} s, load {best['load']:.3f} s, "
-                  f"hint {best['hint']:.3f} s, total {best['total']:.3f} s (best of {args.repeat})")
+                  f"hint {best['hint']:.3f} s, total {best['total']:.3f} s wall, {best['cpu']:.3f} s CPU "
+                  f"(best of {args.repeat}; load average {os.getloadavg()[0]:.1f})")
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import numpy as np
 import torch
 
 from .types import DepthMaps
@@ -83,21 +84,34 @@ def depth_hint(depth: DepthMaps, mode: str = "shared_inverse", qs: tuple[float, 
     if not (near > 0 and far >= near):
         raise ValueError(f"near/far must satisfy 0 < near <= far, got near={near}, far={far}")
     n, h, w = depth.depth.shape
-    out = torch.empty((n, h, w, 3), dtype=torch.float32, device=depth.depth.device)
-    for i in range(n):  # per view: stays in cache, one output write
-        x = depth.depth[i].to(torch.float32, copy=True)
-        if mode == "shared_inverse":
-            lo, hi = 1.0 / far, 1.0 / near
-            x.clamp_(min=near, max=far).reciprocal_()
+    if mode == "shared_inverse":
+        lo, hi = 1.0 / far, 1.0 / near
+    else:
+        lo, hi = -far, -near
+    flat = not hi - lo > 1e-12 * max(abs(hi), 1.0)
+    scale = 0.0 if flat else (1.0 - floor) / (hi - lo)
+    if depth.depth.device.type != "cpu":
+        x = depth.depth.to(torch.float32).clamp(min=near, max=far)
+        x = x.reciprocal() if mode == "shared_inverse" else -x
+        x = torch.ones_like(x) if flat else (x - lo) * scale + floor
+        return torch.where(depth.valid, x, torch.zeros_like(x)).unsqueeze(-1).repeat(1, 1, 1, 3)
+    # CPU: numpy, one view at a time (single-threaded passes that stay in cache; no thread-pool stalls)
+    out = torch.empty((n, h, w, 3), dtype=torch.float32)
+    out_np = out.numpy()
+    for i in range(n):
+        x = np.clip(depth.depth[i].numpy(), np.float32(near), np.float32(far), dtype=np.float32)
+        if flat:
+            x.fill(1.0)
         else:
-            lo, hi = -far, -near
-            x.clamp_(min=near, max=far).neg_()
-        if hi - lo > 1e-12 * max(abs(hi), 1.0):
-            x.sub_(lo).mul_((1.0 - floor) / (hi - lo)).add_(floor)
-        else:
-            x.fill_(1.0)
-        x.masked_fill_(~depth.valid[i], 0.0)
-        out[i] = x.unsqueeze(-1)
+            if mode == "shared_inverse":
+                np.reciprocal(x, out=x)
+            else:
+                np.negative(x, out=x)
+            x -= np.float32(lo)
+            x *= np.float32(scale)
+            x += np.float32(floor)
+        x[~depth.valid[i].numpy()] = 0.0
+        out_np[i] = x[..., None]
     return out
 
 

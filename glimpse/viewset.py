@@ -448,6 +448,7 @@ def load_view_set(spec_or_path: ViewSetSpec | str | Path, resolution: int = 1024
     spec = spec_or_path if isinstance(spec_or_path, ViewSetSpec) else scan_view_set(spec_or_path, strip_views,
                                                                                     depth_png_scale)
     bg = torch.tensor(parse_colour(background), dtype=torch.float32)
+    bg_np = bg.numpy()
     n = len(spec)
     size = spec.views[0].size
     resized, canvas, offset = working_size(size, resolution)
@@ -465,19 +466,30 @@ def load_view_set(spec_or_path: ViewSetSpec | str | Path, resolution: int = 1024
     depth = torch.zeros((n, *canvas), dtype=torch.float32)
     reports = []
     for v in spec.views:  # one view at a time: bounded memory, cache-friendly
-        u8 = torch.from_numpy(np.array(_load_rgba(v, spec, strip), dtype=np.uint8, order="C"))
-        a = u8[..., 3].to(torch.float32).div_(255.0)
-        rgb = u8[..., :3].to(torch.float32).mul_((a / 255.0).unsqueeze(-1)).add_((1.0 - a).unsqueeze(-1) * bg)
+        u8 = _load_rgba(v, spec, strip)
+        a = u8[..., 3:4].astype(np.float32)
+        a *= np.float32(1.0 / 255.0)
+        # straight alpha over bg, in place (numpy: single-threaded, no thread-pool stalls on a busy machine):
+        # rgb = bg + a * (colour - bg)
+        rgb_t = images[v.index, rows, cols] if resized == size else torch.empty((*size, 3), dtype=torch.float32)
+        rgb = rgb_t.numpy()
+        rgb[...] = u8[..., :3]
+        rgb *= np.float32(1.0 / 255.0)
+        rgb -= bg_np
+        rgb *= a
+        rgb += bg_np
+        a = torch.from_numpy(a[..., 0])
+        rgb = rgb_t
         d, report = _view_depth(v, spec, size)
         reports.append(report)
         if resized != size:
             x = torch.cat([rgb, a.unsqueeze(-1)], dim=-1).permute(2, 0, 1).unsqueeze(0)
             x = F.interpolate(x, size=resized, mode="bilinear", antialias=resized[0] < size[0],
                               align_corners=False).clamp_(0, 1)[0]
-            rgb, a = x[:3].permute(1, 2, 0), x[3]
+            images[v.index, rows, cols] = x[:3].permute(1, 2, 0)
+            a = x[3]
             if d is not None:
                 d = F.interpolate(d[None, None], size=resized, mode="nearest-exact")[0, 0]
-        images[v.index, rows, cols] = rgb
         alpha[v.index, rows, cols] = a
         if d is not None:
             depth[v.index, rows, cols] = d
@@ -506,15 +518,18 @@ def _view_depth(v: ViewFiles, spec: ViewSetSpec, size: tuple[int, int]) -> tuple
     if tuple(d.shape) != tuple(size):
         raise ValueError(f"{v.name} depth is {d.shape[1]}x{d.shape[0]} but its image is {size[1]}x{size[0]} "
                          f"({v.depth.name})")
-    finite = torch.isfinite(d)
-    non_finite = int(finite.numel() - finite.sum())
+    # numpy (single-threaded) for these light per-pixel passes: no thread-pool stalls on a busy machine
+    z = d.numpy()
+    finite = np.isfinite(z)
+    non_finite = int(z.size - np.count_nonzero(finite))
     if non_finite:
-        d = torch.where(finite, d, torch.zeros_like(d))
-    negative = int((d < 0).sum())
+        z = np.where(finite, z, np.float32(0))
+    negative = int(np.count_nonzero(z < 0))
     if negative:
-        d = d.clamp(min=0.0)
-    valid = int((d > 0).sum())
-    zero = d.numel() - valid - negative
+        z = np.maximum(z, np.float32(0))
+    valid = int(np.count_nonzero(z > 0))
+    zero = z.size - valid - negative
+    d = torch.from_numpy(z)
     if non_finite or negative:
         log.warning("%s depth (%s): %d NaN/inf and %d negative pixels masked as invalid", v.name, v.depth.name,
                     non_finite, negative)
