@@ -91,10 +91,7 @@ def depth_hint(depth: DepthMaps, mode: str = "shared_inverse", qs: tuple[float, 
     flat = not hi - lo > 1e-12 * max(abs(hi), 1.0)
     scale = 0.0 if flat else (1.0 - floor) / (hi - lo)
     if depth.depth.device.type != "cpu":
-        x = depth.depth.to(torch.float32).clamp(min=near, max=far)
-        x = x.reciprocal() if mode == "shared_inverse" else -x
-        x = torch.ones_like(x) if flat else (x - lo) * scale + floor
-        return torch.where(depth.valid, x, torch.zeros_like(x)).unsqueeze(-1).repeat(1, 1, 1, 3)
+        return _hint_torch(depth, mode, near, far, lo, scale, floor, flat)
     # CPU: numpy, one view at a time (single-threaded passes that stay in cache; no thread-pool stalls)
     out = torch.empty((n, h, w, 3), dtype=torch.float32)
     out_np = out.numpy()
@@ -113,6 +110,15 @@ def depth_hint(depth: DepthMaps, mode: str = "shared_inverse", qs: tuple[float, 
         x[~depth.valid[i].numpy()] = 0.0
         out_np[i] = x[..., None]
     return out
+
+
+def _hint_torch(depth: DepthMaps, mode: str, near: float, far: float, lo: float, scale: float, floor: float,
+                flat: bool) -> torch.Tensor:
+    """:func:`depth_hint` on the depth's own device (for tensors that are not on the CPU)."""
+    x = depth.depth.to(torch.float32).clamp(min=near, max=far)
+    x = x.reciprocal() if mode == "shared_inverse" else -x
+    x = torch.ones_like(x) if flat else (x - lo) * scale + floor
+    return torch.where(depth.valid, x, torch.zeros_like(x)).unsqueeze(-1).repeat(1, 1, 1, 3)
 
 
 # ------------------------------------------------------------------------------------------------ monocular depth

@@ -114,6 +114,16 @@ def test_background_is_zero_and_surfaces_are_not(scene):
     assert float(hint.max()) == pytest.approx(1.0)
 
 
+@pytest.mark.parametrize("mode", ["shared_inverse", "shared_linear"])
+def test_device_path_matches_the_cpu_path(scene, mode):
+    from glimpse.depth import _hint_torch
+
+    near, far = near_far(scene)
+    lo, hi = (1 / far, 1 / near) if mode == "shared_inverse" else (-far, -near)
+    other = _hint_torch(scene, mode, near, far, lo, 0.9 / (hi - lo), 0.1, False)
+    assert torch.allclose(other, depth_hint(scene, mode), atol=1e-6)
+
+
 def test_a_chunk_of_views_keeps_the_set_wide_grey_levels(scene):
     full = with_set_range(scene)
     chunk = DepthMaps(depth=full.depth[4:8], valid=full.valid[4:8], near=full.near, far=full.far)
