@@ -135,6 +135,18 @@ def test_letterboxed_set_projects_3d_points_to_the_right_pixels(tmp_path):
         assert near_centre > 0  # the big sphere covers its projected centre in every view
 
 
+def test_native_size_not_a_multiple_of_64_is_padded_without_resampling(tmp_path):
+    z = write_synthetic_set(tmp_path / "s", n=2, size=(96, 160))
+    vs = load_view_set(tmp_path / "s", resolution=0, background=(0.2, 0.4, 0.6))
+    assert vs.images.shape == (2, 128, 192, 3) and vs.content == (16, 16, 96, 160)
+    rgba = np.asarray(Image.open(tmp_path / "s" / "view_01.png")).astype(np.float32) / 255
+    expect = rgba[..., :3] * rgba[..., 3:] + (1 - rgba[..., 3:]) * np.array([0.2, 0.4, 0.6], np.float32)
+    assert torch.allclose(vs.images[1, 16:112, 16:176], torch.from_numpy(expect), atol=1e-6)
+    assert torch.allclose(vs.images[1, :16], torch.tensor([0.2, 0.4, 0.6]).expand(16, 192, 3))
+    assert torch.equal(vs.depth.depth[1, 16:112, 16:176], z[1]) and not vs.depth.valid[:, :16].any()
+    assert vs.cameras.intrinsics[1, 0, 2] == pytest.approx(80 + 16) and vs.cameras.image_size == (128, 192)
+
+
 def test_depth_formats_exr_png16_npz(tmp_path):
     import OpenEXR
 
