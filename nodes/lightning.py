@@ -73,7 +73,11 @@ def _full_path(folder: str, name: str, what: str) -> str:
 
 
 def _requested_steps(steps: str | int | None) -> int | None:
-    return None if steps in (None, AUTO) else int(steps)
+    if steps in (None, AUTO):
+        return None
+    if str(steps) not in {str(n) for n in LIGHTNING_STEPS}:
+        raise ValueError(f"steps {steps!r} must be auto or one of {', '.join(map(str, LIGHTNING_STEPS))}")
+    return int(steps)
 
 
 def check_inputs(ckpt_name: str, lightning_file: str, steps: str | int | None, strength: float,

@@ -51,6 +51,8 @@ def report(settings: SettingsValue) -> str:
 
 def _custom(steps: str, strength: float, controlnet_strength: float, resolution: int, views_per_chunk: int,
             tiled_vae: bool, vae_tile_size: int, unet_dtype: str, controlnet_size: str) -> dict:
+    if str(steps) not in {str(n) for n in LIGHTNING_STEPS}:
+        raise ValueError(f"steps {steps!r} must be one of {', '.join(map(str, LIGHTNING_STEPS))}")
     return dict(steps=int(steps), strength=float(strength), controlnet_strength=float(controlnet_strength),
                 resolution=int(resolution), views_per_chunk=int(views_per_chunk), tiled_vae=bool(tiled_vae),
                 vae_tile_size=int(vae_tile_size), unet_dtype=unet_dtype, controlnet_size=controlnet_size)

@@ -278,6 +278,37 @@ def test_preset_steps_contradicting_the_file_name(comfy, graph):
     assert (n, k, sigmas.shape[0]) == (4, 1, 4)
 
 
+def _preset_inputs(preset, **custom):
+    inputs = {"preset": preset, "steps": "4", "strength": 0.75, "controlnet_strength": 0.5, "resolution": 1024,
+              "views_per_chunk": 1, "tiled_vae": True, "vae_tile_size": 384, "unet_dtype": "default",
+              "controlnet_size": "small"}
+    return {**inputs, **custom}
+
+
+def test_settings_carry_strength_and_fp8_unet_dtype_into_the_loader(comfy, graph):
+    prompt = {"2": {"class_type": "GlimpseMemoryPreset", "inputs": _preset_inputs("t4_minimal")},
+              **loader(UNETS[4], "auto", 1.0, settings=["2", 0])}
+    model, clip, vae, sigmas, k, n = graph.run(prompt, ["1"])["1"]
+    assert model.model.get_dtype() == torch.float8_e4m3fn  # t4_minimal stores the UNet in fp8
+    assert (n, k) == (4, 1)  # the preset's strength 0.75, not the widget's 1.0
+    _sample(comfy, model, clip, vae, sigmas, views=1)  # finite (comfy.run checks)
+
+
+def test_memory_preset_custom_fields_and_their_validation(comfy):
+    cls = comfy.pack["GlimpseMemoryPreset"]
+    settings, text = comfy.run(cls, **_preset_inputs("custom", steps="8", strength=0.4, resolution=768,
+                                                      views_per_chunk=2))
+    assert (settings.preset, settings.steps, settings.strength, settings.resolution, settings.views_per_chunk) == \
+        ("custom", 8, 0.4, 768, 2)
+    assert "preset custom: 8 steps, strength 0.4" in text and "768x768" in text
+    named, _ = comfy.run(cls, **_preset_inputs("quality", steps="8"))
+    assert (named.steps, named.strength, named.controlnet_size) == (4, 0.65, "full")  # custom fields ignored
+    assert cls.validate_inputs(**_preset_inputs("custom", resolution=1000)) == \
+        "resolution 1000 must be a multiple of 64, at least 256 (long side in pixels)"
+    assert "strength 0.0 is outside (0, 1]" in cls.validate_inputs(**_preset_inputs("custom", strength=0.0))
+    assert cls.validate_inputs(**_preset_inputs("t4_balanced")) is True
+
+
 # -- server ----------------------------------------------------------------------------------------------------------
 
 def _server_prompt(preset="t4_balanced", strength=0.75):
