@@ -3,10 +3,13 @@ from typing_extensions import override
 
 from comfy_api.latest import ComfyExtension, io
 
+from .blend import ConfidenceBlend
+from .consistency import ViewConsistency
 from .depth import DepthControlNet, register_depth_estimator_folder
 from .lightning import GlimpseCheckpointLoader, LightningLoader
 from .memory import MemoryPreset, MemoryReport
 from .prompt import GlimpsePrompt, register_prompt_folder
+from .save import SaveViewSet
 from .viewset import LoadViewSet
 
 
@@ -24,4 +27,7 @@ class GlimpseExtension(ComfyExtension):
             MemoryReport,
             LoadViewSet,
             DepthControlNet,
+            ConfidenceBlend,
+            ViewConsistency,
+            SaveViewSet,
         ]
