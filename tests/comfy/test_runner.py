@@ -276,3 +276,62 @@ def test_img2img_loads_models_once_and_encodes_the_prompt_once(models_dir, views
     assert ran["KSamplerAdvanced"] == 3 and ran["SaveImage"] == 3
     with Image.open(out / "view_02.png") as im:
         assert im.size == (64, 64)
+
+
+# -- set mode: the pack's LoadViewSet -> SaveViewSet, one prompt per chunk of views ----------------------------------
+
+def set_workflow(url: str, tmp_path: Path, resolution: int = 64) -> Path:
+    """LoadViewSet -> SaveViewSet with every required widget at its /object_info default (no models needed)."""
+    from glimpse.runner.client import ComfyClient
+
+    info = ComfyClient(url).object_info()
+    if "LoadViewSet" not in info or "SaveViewSet" not in info:
+        pytest.skip("LoadViewSet/SaveViewSet are not registered in this checkout yet")
+    if "views" not in {**info["LoadViewSet"]["input"].get("required", {}),
+                       **info["LoadViewSet"]["input"].get("optional", {})}:
+        pytest.skip("LoadViewSet has no 'views' selection input yet")
+
+    def defaults(cls):
+        out = {}
+        for name, spec in info[cls]["input"].get("required", {}).items():
+            opts = spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {}
+            if "default" in opts:
+                out[name] = opts["default"]
+            elif isinstance(spec[0], list) and spec[0]:
+                out[name] = spec[0][0]
+        return out
+
+    wf = {"1": {"class_type": "LoadViewSet", "inputs": {**defaults("LoadViewSet"), "resolution": resolution,
+                                                         "views": "all"}},
+          "2": {"class_type": "SaveViewSet", "inputs": {**defaults("SaveViewSet"), "images": ["1", 0],
+                                                         "mask": ["1", 1], "cameras": ["1", 3]}}}
+    p = tmp_path / "set_minimal.json"
+    p.write_text(json.dumps(wf))
+    return p
+
+
+def test_set_mode_queues_one_prompt_per_chunk(servers, views, tmp_path):
+    wf = set_workflow(servers[0], tmp_path)
+    out = tmp_path / "out"
+    r = cli("run", views, "--out", out, "--workflow", wf, "--server", servers[0], "--chunk", 4)
+    assert r.returncode == 0, r.stderr
+    assert "(set mode)" in r.stderr and "4 view(s) per prompt" in r.stderr
+    m = manifest(out)
+    assert m["complete"] and m["timing"]["prompts"] == 4 and m["timing"]["views"] == 16
+    assert sorted(p.name for p in out.glob("view_*.png")) == [f"view_{i:02d}.png" for i in range(16)]
+    with Image.open(out / "view_11.png") as im:
+        assert im.size == (64, 64) and im.mode == "RGBA"
+    assert m["scores"]["consistency"]["pairs_scored"] > 0, m["scores"]
+
+
+def test_set_that_fails_validation_reports_the_nodes_message(servers, views, tmp_path):
+    import numpy as np
+
+    wf = set_workflow(servers[0], tmp_path)
+    np.savez_compressed(views / "view_07_depth.npz", depth=np.ones((128, 128), np.float32))
+    out = tmp_path / "out"
+    r = cli("run", views, "--out", out, "--workflow", wf, "--server", servers[0])
+    assert r.returncode == 1
+    assert "node 1 (LoadViewSet): validation failed:" in r.stderr and "view_07" in r.stderr, r.stderr
+    assert "128x128" in r.stderr and "256x256" in r.stderr, r.stderr
+    assert manifest(out)["missing_views"] == list(range(16))
