@@ -1,0 +1,116 @@
+"""The headless runner with the bundled t4 workflow on the harness server (Vega-size fixture models, CPU, 64 px).
+
+What a user runs: `glimpse-enhance run <set> --out <dir> --server <url> --resolution 64 --save-hints`. Skipped while
+the bundled workflow or one of its node types is not there yet.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+pytestmark = pytest.mark.server
+
+REPO = Path(__file__).resolve().parents[2]
+T4 = REPO / "workflows" / "api" / "glimpse_enhance_t4.json"
+SAMPLE_CANDIDATES = (REPO / "examples" / "fox", REPO.parent / "shared" / "data" / "sample_views" / "256")
+RES = "64"
+
+
+@pytest.fixture(scope="module")
+def server(comfy_server):
+    if not T4.is_file():
+        pytest.skip(f"{T4} does not exist yet")
+    info = comfy_server.object_info()
+    missing = sorted({n["class_type"] for n in json.loads(T4.read_text()).values()} - set(info))
+    if missing:
+        pytest.skip(f"node types of the t4 workflow not registered: {missing}")
+    res_min = info["MemoryPreset"]["input"]["required"]["resolution"][1].get("min", 0)
+    if res_min > int(RES):
+        pytest.skip(f"MemoryPreset's resolution minimum is {res_min}: the t4 runs at {RES} px on CPU need it lower")
+    lvs = {**info["LoadViewSet"]["input"]["required"], **info["LoadViewSet"]["input"].get("optional", {})}
+    if "views" not in lvs:
+        pytest.skip("LoadViewSet has no 'views' selection input yet")
+    return comfy_server
+
+
+@pytest.fixture
+def views(tmp_path) -> Path:
+    src = next((p for p in SAMPLE_CANDIDATES if (p / "cameras.json").is_file()), None)
+    if src is None:
+        pytest.skip("no sample view set")
+    dst = tmp_path / "views"
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("clean"))
+    return dst
+
+
+def cmd(*args) -> list[str]:
+    return [sys.executable, "-m", "glimpse.cli", *map(str, args)]
+
+
+def cli(*args) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd(*args), capture_output=True, text=True, timeout=1200, cwd=REPO)
+
+
+def manifest(out: Path) -> dict:
+    return json.loads((out / "manifest.json").read_text())
+
+
+def test_t4_run_writes_views_confidences_hints_and_scores_then_skips(server, views, tmp_path):
+    out = tmp_path / "out"
+    r = cli("run", views, "--out", out, "--server", server.url, "--resolution", RES, "--save-hints", "--seed", 7)
+    assert r.returncode == 0, r.stderr
+    for kind in ("view", "confidence", "hint"):
+        assert sorted(p.name for p in out.glob(f"{kind}_*.png")) == [f"{kind}_{i:02d}.png" for i in range(16)], kind
+    with Image.open(out / "view_05.png") as im:
+        assert max(im.size) == int(RES)
+    m = manifest(out)
+    assert m["complete"] and m["missing_views"] == []
+    assert m["scores"]["views"] == 16 and m["scores"]["consistency"]["pairs_scored"] > 0, m["scores"]
+    assert m["workflow_facts"]["seed"] == 7
+    ran = m["timing"]["executed_nodes"]
+    # models load once per run, the prompt is encoded once per set; the sampler runs for every chunk prompt
+    for loader in ("LightningLoader", "ControlNetLoader"):
+        assert ran.get(loader, 0) <= 1, ran
+    assert ran.get("GlimpsePrompt", 0) <= 1 and ran["SamplerCustomAdvanced"] == m["timing"]["prompts"], ran
+    t = m["timing"]
+    print(f"t4 at {RES} px on CPU: runner overhead {t['overhead_per_view_s']:.3f} s/view, server "
+          f"{t['server_per_view_s']:.2f} s/view ({100 * t['overhead_per_view_s'] / t['server_per_view_s']:.2f} %)")
+
+    again = cli("run", views, "--out", out, "--server", server.url, "--resolution", RES, "--save-hints", "--seed", 7)
+    assert again.returncode == 0 and "16 already done (skipped), 0 to run" in again.stderr, again.stderr
+
+
+def test_t4_interrupted_run_resumes(server, views, tmp_path):
+    out = tmp_path / "out"
+    args = ("run", views, "--out", out, "--server", server.url, "--resolution", RES, "--seed", 3, "--chunk", 1)
+    proc = subprocess.Popen(cmd(*args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
+    deadline = time.monotonic() + 600
+    while len(list(out.glob("view_*.png"))) < 3:
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    first = manifest(out)
+    done = sorted(int(k) for k in first["views"])
+    assert len(done) >= 3 and first["missing_views"] == [v for v in range(16) if v not in done]
+    r = cli(*args)
+    assert r.returncode == 0, r.stderr
+    assert f"{len(done)} already done (skipped), {16 - len(done)} to run" in r.stderr
+    assert manifest(out)["complete"]
+
+
+def test_t4_set_failing_validation_reaches_the_terminal(server, views, tmp_path):
+    (views / "view_09_mask.png").write_bytes(b"not an image")
+    r = cli("run", views, "--out", tmp_path / "out", "--server", server.url, "--resolution", RES)
+    assert r.returncode == 1
+    assert "(LoadViewSet)" in r.stderr and "view_09" in r.stderr, r.stderr
