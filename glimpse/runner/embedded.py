@@ -5,8 +5,9 @@ Started from ``$COMFYUI_PATH`` (default ``~/ComfyUI``) as a subprocess of the sa
     main.py --listen 127.0.0.1 --port <free> --base-directory <tmp> --database-url sqlite:///:memory:
             --disable-auto-launch --extra-model-paths-config <tmp>/extra_model_paths.yaml [--cpu] [extra args]
 
-with this pack linked into ``<tmp>/custom_nodes`` and ``--models-dir DIR`` (a folder in ComfyUI's model layout:
-checkpoints/, loras/, diffusion_models/, controlnet/, depth_estimators/) mapped into the yaml. ``--cpu`` is added when
+with this pack linked into ``<tmp>/custom_nodes`` and, in the yaml, ``--models-dir DIR`` (a folder in ComfyUI's model
+layout: checkpoints/, loras/, diffusion_models/, controlnet/, depth_estimators/) followed by ``$COMFYUI_PATH/models``
+(whose place --base-directory would otherwise hide); ComfyUI's own extra_model_paths.yaml is passed on as well. ``--cpu`` is added when
 torch sees no CUDA/MPS device. The server runs in its own session so the terminal's Ctrl-C reaches only the runner,
 which stops it (terminate, then kill after 10 s) and removes ``<tmp>``. Its log goes to ``<tmp>/comfyui.log``; when
 it fails to start the log's tail is in the error.
@@ -41,10 +42,16 @@ def comfyui_path() -> Path:
     return p
 
 
-def pack_root() -> Path | None:
-    """The checkout this package lives in, when it is the node pack (has comfy_entrypoint's __init__ and nodes/)."""
-    root = Path(__file__).resolve().parents[2]
-    return root if (root / "__init__.py").is_file() and (root / "nodes").is_dir() else None
+def pack_root(comfy: Path | None = None) -> Path | None:
+    """The node pack to load: the checkout this package lives in (has the pack's __init__.py and nodes/), else
+    ``<COMFYUI_PATH>/custom_nodes/glimpse-enhance`` (this package pip-installed from elsewhere)."""
+    candidates = [Path(__file__).resolve().parents[2]]
+    if comfy is not None:
+        candidates.append(comfy / "custom_nodes" / PACK_NAME)
+    for root in candidates:
+        if (root / "__init__.py").is_file() and (root / "nodes").is_dir():
+            return root.resolve()
+    return None
 
 
 def free_port() -> int:
@@ -82,19 +89,30 @@ class EmbeddedComfy:
             raise EmbeddedError(f"--models-dir {self.models_dir} is not a folder")
         self.base = Path(tempfile.mkdtemp(prefix="glimpse-comfy-"))
         (self.base / "custom_nodes").mkdir()
-        pack = pack_root()
-        if pack is not None:
+        pack = pack_root(comfy)
+        if pack is None:
+            self.log(f"warning: the Glimpse Enhance pack was not found (no checkout, no {comfy}/custom_nodes/"
+                     f"{PACK_NAME}); only core nodes are available")
+        else:
             (self.base / "custom_nodes" / PACK_NAME).symlink_to(pack, target_is_directory=True)
         yaml = self.base / "extra_model_paths.yaml"
         conf = {}
-        if self.models_dir:
+        if self.models_dir:  # first, so its files win over same-named ones below
             conf["glimpse_models"] = {"base_path": str(self.models_dir),
                                       **{f: f for f in MODEL_FOLDERS if (self.models_dir / f).is_dir()}}
+        own = comfy / "models"  # --base-directory moves the model folders; keep the user's ComfyUI models visible
+        if own.is_dir():
+            subs = sorted(p.name for p in own.iterdir() if p.is_dir())
+            if subs:
+                conf["comfyui_models"] = {"base_path": str(own), **{f: f for f in subs}}
         yaml.write_text(json.dumps(conf or {"glimpse_none": None}), encoding="utf-8")  # JSON is valid YAML
+        configs = [str(yaml)]
+        if (comfy / "extra_model_paths.yaml").is_file():
+            configs.append(str(comfy / "extra_model_paths.yaml"))
         port = free_port()
         cmd = [sys.executable, str(comfy / "main.py"), "--listen", "127.0.0.1", "--port", str(port),
                "--base-directory", str(self.base), "--database-url", "sqlite:///:memory:", "--disable-auto-launch",
-               "--extra-model-paths-config", str(yaml)]
+               "--extra-model-paths-config", *configs]
         if self.cpu:
             cmd.append("--cpu")
         cmd += self.extra_args

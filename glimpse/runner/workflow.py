@@ -83,11 +83,14 @@ class OverrideError(ValueError):
 
 
 def workflow_dirs() -> list[Path]:
-    """Where bundled API workflows are looked up: $GLIMPSE_WORKFLOWS, then the checkout's workflows/api."""
+    """Where bundled API workflows are looked up: $GLIMPSE_WORKFLOWS, the checkout's workflows/api, then the pack
+    installed in ComfyUI ($COMFYUI_PATH or ~/ComfyUI, custom_nodes/glimpse-enhance/workflows/api)."""
     dirs = []
     if os.environ.get("GLIMPSE_WORKFLOWS"):
         dirs.append(Path(os.environ["GLIMPSE_WORKFLOWS"]))
     dirs.append(Path(__file__).resolve().parents[2] / "workflows" / "api")
+    comfy = Path(os.environ.get("COMFYUI_PATH") or "~/ComfyUI").expanduser()
+    dirs.append(comfy / "custom_nodes" / "glimpse-enhance" / "workflows" / "api")
     return dirs
 
 
