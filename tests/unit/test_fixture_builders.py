@@ -182,3 +182,16 @@ def test_command_lists_without_building(capsys, tmp_path, monkeypatch):
     assert not any(tmp_path.iterdir())
     with pytest.raises(SystemExit):
         main([])
+
+
+def test_prune_deletes_only_stale_builds_of_known_fixtures(tmp_path, monkeypatch):
+    from tests.fixtures.__main__ import prune
+
+    f = catalog.SETS["vega"][0]
+    current = tmp_path / f"{f.name}-{cache.fixture_key(f.name, f.params, f.source_paths())}"
+    stale = tmp_path / f"{f.name}-000000000000"
+    other = tmp_path / "someone-elses-thing-123"
+    for p in (current, stale, other):
+        p.mkdir()
+    assert prune(tmp_path) == [stale]
+    assert current.is_dir() and other.is_dir() and not stale.exists()
