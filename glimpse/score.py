@@ -49,14 +49,16 @@ def _view_files(folder: Path) -> dict[int, Path]:
     return found
 
 
-def load_views(folder: Path, n: int, size: tuple[int, int], canvas: tuple[int, int],
-               offset: tuple[int, int]):
-    """VIEWS_DIR's views as float [N,canvas_h,canvas_w,3], resized to ``size`` (h, w), composited over grey and placed
-    at ``offset`` (top, left) of the set's canvas. Errors name the file."""
-    import numpy as np
+def load_views(folder: Path, n: int, size: tuple[int, int], canvas: tuple[int, int], offset: tuple[int, int],
+               spec):
+    """VIEWS_DIR's views as float [N,canvas_h,canvas_w,3]: composited over grey by the view-set loader (so views
+    identical to the set's load bit for bit identically), resized to ``size`` (h, w) when they differ and placed at
+    ``offset`` (top, left) of the set's canvas. ``spec`` is the set's ViewSetSpec. Errors name the file."""
     import torch
     import torch.nn.functional as F
     from PIL import Image, UnidentifiedImageError
+
+    from .viewset import ViewFiles, ViewSetSpec, load_view_set
 
     files = _view_files(folder)
     missing = [i for i in range(n) if i not in files]
@@ -68,33 +70,33 @@ def load_views(folder: Path, n: int, size: tuple[int, int], canvas: tuple[int, i
         if extra:
             parts.append("no camera for " + ", ".join(files[i].name for i in extra))
         raise ValueError(f"{folder}: {len(files)} views but the set has {n} ({'; '.join(parts)})")
-    bg = torch.tensor(BACKGROUND)
-    out = bg.view(1, 1, 1, 3).repeat(n, *canvas, 1)
-    first = None
     h, w = size
+    views = []
     for i in range(n):
         path = files[i]
         try:
             with Image.open(path) as im:
                 im.load()
-                rgba = np.array(im.convert("RGBA"), dtype=np.uint8)
+                iw, ih = im.size
+                has_alpha = im.mode in ("RGBA", "LA", "PA") or "transparency" in im.info
         except (OSError, UnidentifiedImageError) as e:
             raise ValueError(f"{path}: not a readable image ({e})") from None
-        ih, iw = rgba.shape[:2]
-        if first is None:
-            first = (path, ih, iw)
-        elif (ih, iw) != first[1:]:
-            raise ValueError(f"{path.name} is {iw}x{ih} but {first[0].name} is {first[2]}x{first[1]}: the views of "
-                             f"VIEWS_DIR must share one size")
+        if views and (ih, iw) != views[0].size:
+            raise ValueError(f"{path.name} is {iw}x{ih} but {views[0].image.name} is {views[0].size[1]}x"
+                             f"{views[0].size[0]}: the views of VIEWS_DIR must share one size")
         if abs(iw * h - ih * w) > max(iw, ih, w, h):
             raise ValueError(f"{path.name} is {iw}x{ih} but the set's views are {w}x{h}: different aspect ratio")
-        u8 = torch.from_numpy(rgba)
-        a = u8[..., 3].to(torch.float32).div_(255.0)  # the same arithmetic as glimpse.viewset's loader
-        rgb = u8[..., :3].to(torch.float32).mul_((a / 255.0).unsqueeze(-1)).add_((1.0 - a).unsqueeze(-1) * bg)
-        if (ih, iw) != (h, w):
-            rgb = F.interpolate(rgb.permute(2, 0, 1)[None], size=(h, w), mode="bilinear", antialias=ih > h,
-                                align_corners=False)[0].permute(1, 2, 0).clamp_(0, 1)
-        out[i, offset[0]:offset[0] + h, offset[1]:offset[1] + w] = rgb
+        views.append(ViewFiles(i, path, None, None, (ih, iw), has_alpha))
+    mine = ViewSetSpec(root=folder, kind="folder", views=tuple(views), cameras=spec.cameras, cameras_path=None,
+                       depth_png_scale=None)
+    loaded = load_view_set(mine, resolution=0, background=BACKGROUND)
+    top, left, ch, cw = loaded.content
+    rgb = loaded.images[:, top:top + ch, left:left + cw]
+    if (ch, cw) != (h, w):
+        rgb = F.interpolate(rgb.permute(0, 3, 1, 2), size=(h, w), mode="bilinear", antialias=ch > h,
+                            align_corners=False).permute(0, 2, 3, 1).clamp_(0, 1)
+    out = torch.tensor(BACKGROUND).view(1, 1, 1, 3).repeat(n, *canvas, 1)
+    out[:, offset[0]:offset[0] + h, offset[1]:offset[1] + w] = rgb
     return out
 
 
@@ -106,7 +108,7 @@ def score_folders(views_dir: Path, set_dir: Path, depth_tolerance: float = 0.01)
     spec = scan_view_set(set_dir)
     vs = load_view_set(spec, resolution=0, background=BACKGROUND)
     top, left, h, w = vs.content
-    views = load_views(Path(views_dir), len(spec), (h, w), tuple(vs.images.shape[1:3]), (top, left))
+    views = load_views(Path(views_dir), len(spec), (h, w), tuple(vs.images.shape[1:3]), (top, left), spec)
     notes = []
     no_depth = views_without_depth(vs.depth)
     depth = vs.depth
