@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import ast
 import asyncio
+import importlib.util
 import json
 import logging
 import math
@@ -47,9 +48,22 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
-PACK_NAME = "glimpse-enhance"
+
+
+def _load_comfy_process():
+    """tests/comfy/comfy_process.py (the plain functions, shared with bench/), loaded by path: this folder is no package."""
+    name = "glimpse_tests_comfy_process"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, HERE / "comfy_process.py")
+        sys.modules[name] = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(sys.modules[name])
+    return sys.modules[name]
+
+
+_cp = _load_comfy_process()
+REPO = _cp.REPO
+PACK_NAME = _cp.PACK_NAME
 SERVER_START_TIMEOUT_S = 90
 
 # Log lines by which ComfyUI reports a broken load while it carries on (uninitialised weights, NaN latents), or a
@@ -79,9 +93,7 @@ BAD_LOG_PATTERNS = (
 PACK_IMPORT_PATTERNS = ("IMPORT FAILED", "Cannot import", "Error while calling comfy_entrypoint")
 
 
-def _comfyui_path() -> Path | None:
-    p = os.environ.get("COMFYUI_PATH")
-    return Path(p).expanduser().resolve() if p and (Path(p).expanduser() / "main.py").is_file() else None
+_comfyui_path = _cp.comfyui_path
 
 
 def _skip_reason() -> str:
@@ -261,16 +273,8 @@ def models_dir(tmp_path_factory, fixture_size) -> Path:
     return out
 
 
-def _model_folders(models_dir: Path) -> dict[str, Path]:
-    return {p.name: p for p in sorted(models_dir.iterdir()) if p.is_dir()}
-
-
-def _make_base_dir(root: Path) -> Path:
-    """A ComfyUI base directory whose custom_nodes holds only this pack, linked as a user installs it."""
-    for sub in ("custom_nodes", "models", "input", "output", "temp", "user"):
-        (root / sub).mkdir(parents=True, exist_ok=True)
-    (root / "custom_nodes" / PACK_NAME).symlink_to(REPO, target_is_directory=True)
-    return root
+_model_folders = _cp.model_folders
+_make_base_dir = _cp.make_base_dir
 
 
 # -- in-process ComfyUI ------------------------------------------------------------------------------------------
@@ -284,49 +288,15 @@ class NodeResult(tuple):
 class InProcessComfy:
     timings = TIMINGS
     def __init__(self, base_dir: Path, models_dir: Path):
-        root = _comfyui_path()
-        repo = str(REPO)
-        # `python -m pytest` from the repo root puts it on sys.path; ComfyUI must not see this repo's `nodes`.
-        sys.path[:] = [p for p in sys.path if os.path.realpath(p or os.getcwd()) != repo]
-        sys.path.insert(0, str(root))
-        import comfy.options
-
-        if "comfy.cli_args" in sys.modules:
-            raise RuntimeError("ComfyUI's cli_args were imported before the comfy fixture could set its flags")
-        argv, sys.argv = sys.argv, ["main.py", *comfy_flags(base_dir)]
-        comfy.options.enable_args_parsing()  # parse the flags exactly as main.py does, once per process
-        try:
-            import comfy.cli_args  # noqa: F401
-        finally:
-            sys.argv = argv
-            comfy.options.enable_args_parsing(False)
-        logging.getLogger().setLevel(logging.INFO)
-        logging.getLogger().addHandler(_LOG)
-
-        import utils.install_util  # noqa: F401  (before `import nodes`, which puts comfy/ first on sys.path)
-        import execution
-        import folder_paths
-        import nodes
-        import torch
-
+        comfy = _cp.start_in_process(base_dir, models_dir, comfy_flags(base_dir), log_handler=_LOG,
+                                     log_lines=lambda: _LOG.lines)
+        TIMINGS["in-process init_extra_nodes"] = comfy.init_s
         self.base_dir = base_dir
-        self.output_dir = Path(folder_paths.get_output_directory())
-        self.nodes, self.folder_paths, self._execution, self._torch = nodes, folder_paths, execution, torch
+        self.output_dir = Path(comfy.folder_paths.get_output_directory())
+        self.nodes, self.folder_paths, self._execution, self._torch = (comfy.nodes, comfy.folder_paths,
+                                                                       comfy.execution, comfy.torch)
         self.assert_finite = assert_finite
-        if Path(folder_paths.base_path) != base_dir:
-            raise RuntimeError(f"folder_paths.base_path is {folder_paths.base_path}, expected {base_dir}")
-        folder_paths.add_model_folder_path("custom_nodes", str(base_dir / "custom_nodes"), is_default=True)
-        t0 = time.perf_counter()
-        asyncio.run(nodes.init_extra_nodes(init_custom_nodes=True, init_api_nodes=False))
-        TIMINGS["in-process init_extra_nodes"] = time.perf_counter() - t0
-        if PACK_NAME not in nodes.LOADED_MODULE_DIRS:
-            errors = [line for line in _LOG.lines if PACK_NAME in line or "Traceback" in line or "Error" in line]
-            raise RuntimeError(f"the pack did not load as custom node {PACK_NAME}:\n" + "\n".join(errors[-20:]))
-        module = f"custom_nodes.{PACK_NAME}"
-        self.pack = {k: v for k, v in nodes.NODE_CLASS_MAPPINGS.items()
-                     if getattr(v, "RELATIVE_PYTHON_MODULE", None) == module}
-        for name, path in _model_folders(models_dir).items():
-            folder_paths.add_model_folder_path(name, str(path))
+        self.pack = comfy.pack
         self.models_dir = models_dir
 
     def log(self) -> str:
