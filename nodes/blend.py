@@ -90,6 +90,11 @@ class ConfidenceBlend(io.ComfyNode):
                      original.shape[1], size[1], size[0])
         original = _to_size(original, size, True)
         mask = _to_size(mask, size, False)
+        no_depth = [i for i in range(n) if not bool(depth.valid[i].any())]
+        if no_depth and (edge_weight > 0 or grazing_weight > 0):
+            log.warning("ConfidenceBlend: %s have no renderer depth: their original is kept (set edge_weight and "
+                        "grazing_weight to 0 to trust them by opacity alone)",
+                        ", ".join(f"view_{i:02d}" for i in no_depth))
         weights = {"opacity": opacity_weight, "edge": edge_weight, "grazing": grazing_weight}
         out, weight, _ = confidence_blend(original, enhanced.to(original.device), mask.to(original.device), depth,
                                           cameras, threshold=threshold, feather_radius=feather_radius,

@@ -69,6 +69,17 @@ def test_missing_depth_falls_back_and_says_so(capsys, tmp_path):
     assert "no depth" in r["notes"][0] and "no depth" in err
 
 
+def test_views_without_depth_are_named_and_their_pairs_skipped(capsys, tmp_path):
+    partial = copy_set(tmp_path)
+    (partial / "view_03_depth.npz").unlink()
+    rc, out, err = run_score(capsys, FOX / "clean", "--set", partial)
+    assert rc == 0
+    r = json.loads(out)
+    assert "view_03" in r["notes"][0] and "view_03" in err
+    assert r["consistency"]["pairs_scored"] == 32 - 4  # (1,3) (2,3) (3,4) (3,5) have no depth on view 3's side
+    assert r["per_view"][3]["sharpness_gain"] is not None
+
+
 def test_count_and_size_mismatches_name_the_file(capsys, tmp_path):
     few = tmp_path / "few"
     few.mkdir()
