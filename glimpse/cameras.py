@@ -184,6 +184,15 @@ def orbit_cameras(n: int, image_size: tuple[int, int] = (256, 256), radius: floa
     return make_cameras(k.expand(n, 3, 3).clone(), torch.cat([r, t], -1), (h, w), az % 360.0, el)
 
 
+def select_cameras(cameras: Cameras, indices: list[int]) -> Cameras:
+    """The cameras of the views at positions ``indices``; ``view_index`` keeps their original indices."""
+    idx = torch.as_tensor(list(indices), dtype=torch.int64)
+    base = cameras.view_index if cameras.view_index is not None else torch.arange(len(cameras), dtype=torch.int64)
+    return replace(cameras, intrinsics=cameras.intrinsics[idx], world_to_camera=cameras.world_to_camera[idx],
+                   camera_to_world=cameras.camera_to_world[idx], azimuth_deg=cameras.azimuth_deg[idx],
+                   elevation_deg=cameras.elevation_deg[idx], view_index=base[idx])
+
+
 def scale_intrinsics(intrinsics: torch.Tensor, from_size: tuple[int, int], to_size: tuple[int, int]) -> torch.Tensor:
     """K [...,3,3] for an image of ``from_size`` (h, w) -> K for the same view resized to ``to_size`` (h, w)."""
     k = intrinsics.clone()
@@ -306,5 +315,5 @@ def fov_y_deg(cameras: Cameras) -> torch.Tensor:
 __all__ = [
     "angles_from_camera_to_world", "camera_to_world", "depth_to_world", "fov_y_deg", "invert_world_to_camera",
     "letterbox_cameras", "letterbox_intrinsics", "load_cameras", "make_cameras", "orbit_cameras", "pad_intrinsics",
-    "parse_cameras", "pixel_centres", "project", "scale_intrinsics", "unproject", "world_to_camera",
+    "parse_cameras", "pixel_centres", "project", "scale_intrinsics", "select_cameras", "unproject", "world_to_camera",
 ]

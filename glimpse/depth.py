@@ -38,9 +38,22 @@ def percentiles(values: torch.Tensor, qs: tuple[float, ...], max_samples: int = 
 
 def valid_depth_samples(depth: DepthMaps, max_samples: int = _MAX_SAMPLES) -> torch.Tensor:
     """The valid z values of all views, strided down to about ``max_samples`` before masking (fast on big sets)."""
-    step = max(1, depth.depth.numel() // (4 * max_samples))
+    step = sample_stride(depth.depth.numel(), max_samples)
     z = depth.depth.reshape(-1)[::step]
     return z[depth.valid.reshape(-1)[::step]]
+
+
+def near_far_of(z: torch.Tensor, qs: tuple[float, float] = DEFAULT_PERCENTILES) -> tuple[float, float]:
+    """(near, far): the ``qs`` percentiles of valid z samples (1-D, all > 0)."""
+    if z.numel() == 0:
+        raise ValueError("no view of the set has a valid depth pixel; cannot choose near/far")
+    near, far = percentiles(z, qs)
+    return near, max(far, near)
+
+
+def sample_stride(total_pixels: int, max_samples: int = _MAX_SAMPLES) -> int:
+    """The stride :func:`valid_depth_samples` uses for a set of ``total_pixels`` depth pixels."""
+    return max(1, total_pixels // (4 * max_samples))
 
 
 def near_far(depth: DepthMaps, qs: tuple[float, float] = DEFAULT_PERCENTILES) -> tuple[float, float]:
@@ -48,10 +61,7 @@ def near_far(depth: DepthMaps, qs: tuple[float, float] = DEFAULT_PERCENTILES) ->
     z = valid_depth_samples(depth)
     if z.numel() == 0:
         z = depth.depth[depth.valid]
-    if z.numel() == 0:
-        raise ValueError("no view of the set has a valid depth pixel; cannot choose near/far")
-    near, far = percentiles(z, qs)
-    return near, max(far, near)
+    return near_far_of(z, qs)
 
 
 def with_set_range(depth: DepthMaps, qs: tuple[float, float] = DEFAULT_PERCENTILES) -> DepthMaps:

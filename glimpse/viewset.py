@@ -30,15 +30,16 @@ import re
 import zipfile
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 
-from .cameras import letterbox_cameras, load_cameras, orbit_cameras, scale_intrinsics
-from .depth import with_set_range
+from .cameras import letterbox_cameras, load_cameras, orbit_cameras, scale_intrinsics, select_cameras
+from .depth import near_far_of, sample_stride
+from .runner.viewset import parse_selection
 from .types import Cameras, DepthMaps
 
 log = logging.getLogger(__name__)
@@ -436,10 +437,14 @@ def _load_rgba(view: ViewFiles, spec: ViewSetSpec, strip: np.ndarray | None) -> 
 
 def load_view_set(spec_or_path: ViewSetSpec | str | Path, resolution: int = 1024,
                   background: tuple[float, float, float] | str = (0.5, 0.5, 0.5), strip_views: int = 0,
-                  depth_png_scale: float | None = None, on_view: Callable[[int], None] | None = None) -> ViewSet:
+                  depth_png_scale: float | None = None, on_view: Callable[[int], None] | None = None,
+                  views: str | Sequence[int] | None = None) -> ViewSet:
     """Load a view set (scanning it first when given a path) at working long side ``resolution`` (<= 0: native).
 
-    ``on_view(i)`` is called after each view is loaded (progress, interruption).
+    ``views`` selects views by index ("all", "0-3,8" or a list; default all): only those are output, in index order,
+    and ``cameras.view_index`` holds their indices. The depth range (``depth.near/far``) is always that of the WHOLE
+    set, from every view's depth file at native resolution, so any selection or chunk of a set gets the same hint grey
+    levels as the full set. ``on_view(i)`` is called after each output view is loaded (progress, interruption).
 
     RGB is composited over ``background`` (straight alpha), then colour and alpha are resized with antialiasing
     (equivalent to resizing premultiplied colour) and depth with nearest-neighbour sampling of pixel centres (never
@@ -447,13 +452,16 @@ def load_view_set(spec_or_path: ViewSetSpec | str | Path, resolution: int = 1024
     """
     spec = spec_or_path if isinstance(spec_or_path, ViewSetSpec) else scan_view_set(spec_or_path, strip_views,
                                                                                     depth_png_scale)
+    selected = select_views(views, len(spec))
+    position = {index: k for k, index in enumerate(selected)}
     bg = torch.tensor(parse_colour(background), dtype=torch.float32)
     bg_np = bg.numpy()
-    n = len(spec)
+    n = len(selected)
     size = spec.views[0].size
     resized, canvas, offset = working_size(size, resolution)
     top, left = offset
     rows, cols = slice(top, top + resized[0]), slice(left, left + resized[1])
+    stride = sample_stride(len(spec) * size[0] * size[1])
 
     strip = None
     if spec.kind == "strip":
@@ -464,14 +472,22 @@ def load_view_set(spec_or_path: ViewSetSpec | str | Path, resolution: int = 1024
     images = bg.view(1, 1, 1, 3).repeat(n, *canvas, 1) if padded else torch.empty((n, *canvas, 3))
     alpha = torch.zeros((n, *canvas), dtype=torch.float32) if padded else torch.empty((n, *canvas))
     depth = torch.zeros((n, *canvas), dtype=torch.float32)
-    reports = []
+    reports, samples = [], []
     for v in spec.views:  # one view at a time: bounded memory, cache-friendly
+        k = position.get(v.index)
+        d, report = _view_depth(v, spec, size, quiet=k is None)
+        if d is not None:
+            z = d.reshape(-1)[::stride]
+            samples.append(z[z > 0])
+        if k is None:  # not selected: its depth only counts towards the set's range
+            continue
+        reports.append(report)
         u8 = _load_rgba(v, spec, strip)
         a = u8[..., 3:4].astype(np.float32)
         a *= np.float32(1.0 / 255.0)
         # straight alpha over bg, in place (numpy: single-threaded, no thread-pool stalls on a busy machine):
         # rgb = bg + a * (colour - bg)
-        rgb_t = images[v.index, rows, cols] if resized == size else torch.empty((*size, 3), dtype=torch.float32)
+        rgb_t = images[k, rows, cols] if resized == size else torch.empty((*size, 3), dtype=torch.float32)
         rgb = rgb_t.numpy()
         rgb[...] = u8[..., :3]
         rgb *= np.float32(1.0 / 255.0)
@@ -479,27 +495,26 @@ def load_view_set(spec_or_path: ViewSetSpec | str | Path, resolution: int = 1024
         rgb *= a
         rgb += bg_np
         a = torch.from_numpy(a[..., 0])
-        rgb = rgb_t
-        d, report = _view_depth(v, spec, size)
-        reports.append(report)
         if resized != size:
-            x = torch.cat([rgb, a.unsqueeze(-1)], dim=-1).permute(2, 0, 1).unsqueeze(0)
+            x = torch.cat([rgb_t, a.unsqueeze(-1)], dim=-1).permute(2, 0, 1).unsqueeze(0)
             x = F.interpolate(x, size=resized, mode="bilinear", antialias=resized[0] < size[0],
                               align_corners=False).clamp_(0, 1)[0]
-            images[v.index, rows, cols] = x[:3].permute(1, 2, 0)
+            images[k, rows, cols] = x[:3].permute(1, 2, 0)
             a = x[3]
             if d is not None:
                 d = F.interpolate(d[None, None], size=resized, mode="nearest-exact")[0, 0]
-        alpha[v.index, rows, cols] = a
+        alpha[k, rows, cols] = a
         if d is not None:
-            depth[v.index, rows, cols] = d
+            depth[k, rows, cols] = d
         if on_view is not None:
             on_view(v.index)
+    valid_z = torch.cat(samples) if samples else torch.zeros(0)
+    near, far = near_far_of(valid_z) if valid_z.numel() else (None, None)
     return ViewSet(
         images=images,
         alpha=alpha,
-        depth=with_set_range(DepthMaps(depth=depth, valid=depth > 0)),
-        cameras=letterbox_cameras(spec.cameras, resized, offset, canvas),
+        depth=DepthMaps(depth=depth, valid=depth > 0, near=near, far=far),
+        cameras=letterbox_cameras(select_cameras(spec.cameras, selected), resized, offset, canvas),
         content=(top, left, resized[0], resized[1]),
         source_size=size,
         depth_reports=tuple(reports),
@@ -507,8 +522,29 @@ def load_view_set(spec_or_path: ViewSetSpec | str | Path, resolution: int = 1024
     )
 
 
-def _view_depth(v: ViewFiles, spec: ViewSetSpec, size: tuple[int, int]) -> tuple[torch.Tensor | None, DepthReport]:
-    """One view's depth with invalid pixels (NaN/inf, negative) set to 0, and its report."""
+def select_views(views: str | Sequence[int] | None, count: int) -> list[int]:
+    """'all' / None / '0-3,8' / a list of indices -> sorted unique view indices of a set of ``count`` views."""
+    if views is None or isinstance(views, str):
+        try:
+            return parse_selection(views or "all", count)
+        except ValueError as e:
+            raise ValueError(f"views: {e} (the set has {count} views)") from None
+    out = sorted({int(i) for i in views})
+    bad = [i for i in out if not 0 <= i < count]
+    if bad or not out:
+        raise ValueError(f"views: {bad or 'empty selection'} outside 0-{count - 1}")
+    return out
+
+
+def chunks(count: int, size: int) -> list[slice]:
+    """Slices cutting ``count`` views into chunks of at most ``size`` (``size`` < 1: one chunk)."""
+    size = count if size < 1 else size
+    return [slice(i, min(i + size, count)) for i in range(0, count, size)]
+
+
+def _view_depth(v: ViewFiles, spec: ViewSetSpec, size: tuple[int, int],
+                quiet: bool = False) -> tuple[torch.Tensor | None, DepthReport]:
+    """One view's depth with invalid pixels (NaN/inf, negative) set to 0, and its report (logged unless quiet)."""
     if v.depth is None:
         return None, DepthReport(v.index, None, 0, size[0] * size[1], 0, 0)
     try:
@@ -530,10 +566,10 @@ def _view_depth(v: ViewFiles, spec: ViewSetSpec, size: tuple[int, int]) -> tuple
     valid = int(np.count_nonzero(z > 0))
     zero = z.size - valid - negative
     d = torch.from_numpy(z)
-    if non_finite or negative:
+    if (non_finite or negative) and not quiet:
         log.warning("%s depth (%s): %d NaN/inf and %d negative pixels masked as invalid", v.name, v.depth.name,
                     non_finite, negative)
-    if valid == 0:
+    if valid == 0 and not quiet:
         log.warning("%s depth (%s) has no valid pixel (%d zero, %d NaN/inf, %d negative): loaded as a view without "
                     "depth", v.name, v.depth.name, zero - non_finite, non_finite, negative)
     return d, DepthReport(v.index, v.depth.name, valid, zero - non_finite, non_finite, negative)

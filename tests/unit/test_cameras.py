@@ -16,6 +16,7 @@ from glimpse.cameras import (
     pixel_centres,
     project,
     scale_intrinsics,
+    select_cameras,
     unproject,
     world_to_camera,
 )
@@ -154,6 +155,14 @@ def test_sample_depth_is_consistent_across_views_with_these_conventions():
         assert visible.float().mean() > 0.6  # most of the surface seen by view i is also seen by its neighbour
         err = (seen[visible] - z[0][inside][visible]).abs().median()
         assert err < 2e-3
+
+
+def test_select_cameras_keeps_original_indices():
+    cams = orbit_cameras(16)
+    sub = select_cameras(cams, [3, 9])
+    assert len(sub) == 2 and sub.view_index.tolist() == [3, 9]
+    assert torch.equal(sub.world_to_camera, cams.world_to_camera[[3, 9]])
+    assert select_cameras(sub, [1]).view_index.tolist() == [9]  # a selection of a selection keeps set indices
 
 
 def test_letterbox_intrinsics_map_projections_exactly():

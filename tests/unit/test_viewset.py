@@ -15,6 +15,7 @@ from PIL import Image
 from glimpse.cameras import orbit_cameras, pixel_centres, project
 from glimpse.depth import depth_hint
 from glimpse.viewset import (
+    chunks,
     fingerprint,
     load_view_set,
     parse_colour,
@@ -110,6 +111,32 @@ def test_native_resolution_keeps_pixels_and_alpha(sample):
     assert torch.allclose(vs.images[3], torch.from_numpy(expect), atol=1e-6)
     depth = np.load(sample / "view_03_depth.npz")["depth"]
     assert torch.equal(vs.depth.depth[3], torch.from_numpy(depth))
+
+
+@needs_sample
+def test_a_selection_of_views_keeps_the_whole_sets_depth_range_and_indices(sample):
+    full = load_view_set(sample, resolution=64)
+    part = load_view_set(sample, resolution=64, views="4-7,12")
+    assert part.images.shape == (5, 64, 64, 3) and part.depth.depth.shape == (5, 64, 64)
+    assert part.cameras.view_index.tolist() == [4, 5, 6, 7, 12]
+    keep = [4, 5, 6, 7, 12]
+    assert torch.equal(part.images, full.images[keep]) and torch.equal(part.alpha, full.alpha[keep])
+    assert torch.equal(part.depth.depth, full.depth.depth[keep])
+    assert torch.equal(part.cameras.intrinsics, full.cameras.intrinsics[keep])
+    assert torch.equal(part.cameras.world_to_camera, full.cameras.world_to_camera[keep])
+    assert (part.depth.near, part.depth.far) == (full.depth.near, full.depth.far)
+    assert torch.equal(depth_hint(part.depth), depth_hint(full.depth)[keep])  # one grey per depth across chunks
+    assert [r.index for r in part.depth_reports] == keep
+    assert load_view_set(sample, resolution=64, views=[12, 4]).cameras.view_index.tolist() == [4, 12]
+    with pytest.raises(ValueError, match=r"views: view selection '9-20' is outside 0-15 \(the set has 16 views\)"):
+        load_view_set(sample, resolution=64, views="0-3,9-20")
+    with pytest.raises(ValueError, match="bad view selection 'x'"):
+        load_view_set(sample, resolution=64, views="x")
+
+
+def test_chunks():
+    assert chunks(10, 4) == [slice(0, 4), slice(4, 8), slice(8, 10)]
+    assert chunks(3, 0) == [slice(0, 3)]
 
 
 def test_letterboxed_set_projects_3d_points_to_the_right_pixels(tmp_path):
