@@ -8,6 +8,7 @@ from __future__ import annotations
 import torch
 
 from .confidence import confidence_weights, nonzero_box, upsample_weight
+from .threads import single_threaded
 from .types import Cameras, DepthMaps
 
 
@@ -50,10 +51,18 @@ def confidence_blend(original: torch.Tensor, enhanced: torch.Tensor, alpha: torc
                      weights: dict[str, float] | None = None, edge_radius: int = 8, work_size: int | None = 512,
                      ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
     """The whole ConfidenceBlend: returns (blended [N,H,W,C], blend weight [N,H,W], per-signal confidences at the
-    working size). See :func:`glimpse.confidence.confidence_weights` for the parameters."""
+    working size). See :func:`glimpse.confidence.confidence_weights` for the parameters. CPU work runs
+    single-threaded (:mod:`glimpse.threads`)."""
     _check_images(original, enhanced)
     if tuple(alpha.shape) != tuple(original.shape[:3]):
         raise ValueError(f"mask is {list(alpha.shape)} but the views are {list(original.shape[:3])} ([N,H,W])")
+    with single_threaded(original.device):
+        return _confidence_blend(original, enhanced, alpha, depth, cameras, threshold, feather_radius, weights,
+                                 edge_radius, work_size)
+
+
+def _confidence_blend(original, enhanced, alpha, depth, cameras, threshold, feather_radius, weights, edge_radius,
+                      work_size):
     small, signals, _ = confidence_weights(alpha, depth, cameras, threshold=threshold, feather_radius=feather_radius,
                                            weights=weights, edge_radius=edge_radius, work_size=work_size)
     size = tuple(alpha.shape[1:])

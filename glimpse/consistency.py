@@ -20,9 +20,10 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .cameras import project
+from .cameras import pad_intrinsics, project, scale_intrinsics
 from .confidence import depth_at_size, depth_edges
 from .feather import dilate
+from .threads import single_threaded
 from .types import Cameras, DepthMaps
 
 PSNR_CAP = 100.0  # dB, reported for pairs whose colours agree exactly (MSE 0)
@@ -274,6 +275,20 @@ def _downsample(x: torch.Tensor | None, size: tuple[int, int]) -> torch.Tensor |
     return t.permute(0, 2, 3, 1) if channels_last else t[:, 0]
 
 
+def _aligned_box(mask: torch.Tensor, f: int, margin: int) -> tuple[tuple[int, int], tuple[int, int]]:
+    """Rows and columns [start, end) of a [H,W] mask's box grown by ``margin``, with start and length multiples of
+    ``f`` (the whole frame's largest such box when the mask is empty)."""
+    out = []
+    for dim in (1, 0):
+        length = mask.shape[1 - dim]
+        idx = mask.any(dim=dim).nonzero()
+        lo, hi = (0, length) if idx.numel() == 0 else (int(idx[0]) - margin, int(idx[-1]) + 1 + margin)
+        lo = max(0, lo // f * f)
+        hi = min(-(-hi // f) * f, lo + (length - lo) // f * f)
+        out.append((lo, max(hi, lo + f) if length - lo >= f else hi))
+    return out[0], out[1]
+
+
 def score_views(views: torch.Tensor, masks: torch.Tensor | None = None, depth: DepthMaps | None = None,
                 cameras: Cameras | None = None, reference: torch.Tensor | None = None, *,
                 depth_tolerance: float = 0.01, edge_margin: int = 1, min_pixels: int = MIN_PIXELS,
@@ -291,8 +306,15 @@ def score_views(views: torch.Tensor, masks: torch.Tensor | None = None, depth: D
 
     Warps and colour statistics run at ``work_size`` (longer side; views and masks area-downsampled, depth nearest)
     when the views are larger; sharpness always at full resolution. ``edge_margin`` is in pixels of the depth maps
-    (see :func:`warp_geometry`). Enhanced and reference views share one warp geometry.
+    (see :func:`warp_geometry`). Enhanced and reference views share one warp geometry. CPU work runs
+    single-threaded (:mod:`glimpse.threads`).
     """
+    with single_threaded(views.device):
+        return _score_views(views, masks, depth, cameras, reference, depth_tolerance, edge_margin, min_pixels,
+                            work_size)
+
+
+def _score_views(views, masks, depth, cameras, reference, depth_tolerance, edge_margin, min_pixels, work_size):
     if views.dim() != 4 or views.shape[-1] < 3:
         raise ValueError(f"views must be [N,H,W,C] with C >= 3, got {list(views.shape)}")
     n, h, w = views.shape[:3]
@@ -300,30 +322,47 @@ def score_views(views: torch.Tensor, masks: torch.Tensor | None = None, depth: D
         raise ValueError(f"masks are {list(masks.shape)} but the views are {[n, h, w]} ([N,H,W])")
     if reference is not None and tuple(reference.shape[:3]) != (n, h, w):
         raise ValueError(f"reference views are {list(reference.shape[:3])} but the views are {[n, h, w]} ([N,H,W])")
-    scale = min(1.0, work_size / max(h, w)) if work_size else 1.0
-    size = (max(1, round(h * scale)), max(1, round(w * scale)))
-    views_w, masks_w, reference_w = _downsample(views, size), _downsample(masks, size), _downsample(reference, size)
     notes: list[str] = []
-    geometry = None
-    depth_w = None
-    if depth is None or cameras is None:
-        notes.append("consistency not computed: the set has no " + ("depth" if depth is None else "cameras"))
-    else:
+    have_depth = depth is not None and cameras is not None
+    if have_depth:
         if depth.depth.shape[0] != n or len(cameras) != n:
             raise ValueError(f"{n} views but {depth.depth.shape[0]} depth maps and {len(cameras)} cameras")
-        depth_w, k = depth_at_size(depth, cameras, size)
         dh, dw = depth.depth.shape[-2:]
-        edge_margin = edge_margin * max(1, math.ceil(max(size[0] / dh, size[1] / dw)))
+        depth_px = max(1.0, h / dh, w / dw)  # view pixels per depth pixel
+    else:
+        notes.append("consistency not computed: the set has no " + ("depth" if depth is None else "cameras"))
+    # colour and sharpness statistics: inside the mask (or, without one, where there is depth)
+    if masks is not None or not have_depth:
+        fg = foreground(views, masks)
+    else:
+        fg = depth_at_size(depth, cameras, (h, w))[0].valid.to(views.device)
+    # Work on the union box of the foreground (the margin makes cropping change no value), box-filtered by a whole
+    # factor f, with depth sampled nearest at the working pixels' centres.
+    f = max(1, math.ceil(max(h, w) / work_size)) if work_size else 1
+    margin = f * (edge_margin * math.ceil(depth_px) + 2) if have_depth else f
+    (r0, r1), (c0, c1) = _aligned_box(fg.any(dim=0), f, margin)
+    size = ((r1 - r0) // f, (c1 - c0) // f)
+
+    def crop(x):
+        return None if x is None else _downsample(x[:, r0:r1, c0:c1], size)
+
+    views_w, masks_w, reference_w = crop(views), crop(masks), crop(reference)
+    geometry = depth_w = None
+    if have_depth:
+        dev = depth.depth.device
+        rows = ((r0 + torch.arange(size[0], device=dev) * f + f / 2) * (dh / h)).long().clamp_(max=dh - 1)
+        cols = ((c0 + torch.arange(size[1], device=dev) * f + f / 2) * (dw / w)).long().clamp_(max=dw - 1)
+        z = depth.depth[:, rows][:, :, cols].float()
+        valid = depth.valid[:, rows][:, :, cols] & (z > 0) & torch.isfinite(z)
+        depth_w = DepthMaps(depth=torch.where(valid, z, 0.0).to(views.device), valid=valid.to(views.device))
+        k = scale_intrinsics(cameras.intrinsics, cameras.image_size, (h, w))
+        k = scale_intrinsics(pad_intrinsics(k, -c0, -r0), (r1 - r0, c1 - c0), size)
         cams_w = Cameras(intrinsics=k, world_to_camera=cameras.world_to_camera,
                          camera_to_world=cameras.camera_to_world, azimuth_deg=cameras.azimuth_deg,
                          elevation_deg=cameras.elevation_deg, image_size=size)
+        edge_margin = edge_margin * max(1, math.ceil(depth_px / f))
         geometry = warp_geometry(depth_w, cams_w, masks_w, depth_tolerance=depth_tolerance, edge_margin=edge_margin)
-    # colour and sharpness statistics: inside the mask (or, without one, where there is depth)
     fg_w = foreground(views_w, masks_w, depth_w if masks is None else None)
-    if masks is not None or depth is None:
-        fg = foreground(views, masks)
-    else:
-        fg = depth_at_size(depth, cameras, (h, w))[0].valid
 
     def scores(v: torch.Tensor, v_w: torch.Tensor) -> tuple:
         cons = _consistency(v_w, geometry, min_pixels) if geometry is not None else None
@@ -331,6 +370,7 @@ def score_views(views: torch.Tensor, masks: torch.Tensor | None = None, depth: D
 
     cons, means, stds, sharp = scores(views, views_w)
     out: dict = {"views": n, "size": [h, w], "consistency": None}
+    size = (math.ceil(h / f), math.ceil(w / f))  # the working size of the whole frame
     if cons is not None:
         out["consistency"] = {"psnr": cons["psnr"], "mae": cons["mae"], "pairs_scored": cons["pairs_scored"],
                               "pairs_total": len(cons["pairs"]), "work_size": list(size),

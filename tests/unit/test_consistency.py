@@ -228,3 +228,29 @@ def test_shape_errors(scene, cams):
         score_views(views, alpha, depth, cams, reference=views[:3])
     with pytest.raises(ValueError, match="16 views but 15 depth maps"):
         score_views(views, alpha, DepthMaps(depth=depth.depth[:15], valid=depth.valid[:15]), cams)
+
+
+def test_scores_do_not_depend_on_empty_frame_around_the_object(cams):
+    """Work is cropped to the foreground's box: padding the frame with background changes no number."""
+    from glimpse.cameras import letterbox_cameras
+
+    views, alpha, depth = render([(*BIG, texture)], cams)  # inside the frame in every view
+    assert not alpha[:, [0, -1]].any() and not alpha[:, :, [0, -1]].any()
+    p = 32
+    big = SIZE + 2 * p
+    pad = torch.nn.functional.pad
+    views_p = pad(views.permute(0, 3, 1, 2), (p, p, p, p)).permute(0, 2, 3, 1)
+    alpha_p = pad(alpha, (p, p, p, p))
+    depth_p = DepthMaps(depth=pad(depth.depth, (p, p, p, p)), valid=pad(depth.valid, (p, p, p, p)))
+    cams_p = letterbox_cameras(cams, (SIZE, SIZE), (p, p), (big, big))
+    shifted = views.clone()
+    shifted[5] = hue_rotate(views[5], 30.0)
+    shifted_p = pad(shifted.permute(0, 3, 1, 2), (p, p, p, p)).permute(0, 2, 3, 1)
+    a = score_views(shifted, alpha, depth, cams, reference=views)
+    b = score_views(shifted_p, alpha_p, depth_p, cams_p, reference=views_p)
+    assert [q["pixels"] for q in b["pairs"]] == [q["pixels"] for q in a["pairs"]]  # the same pixels compared
+    # the same values up to float32 rounding of the shifted pixel coordinates
+    assert b["consistency"]["psnr"] == pytest.approx(a["consistency"]["psnr"], abs=0.05)
+    assert b["consistency"]["mae"] == pytest.approx(a["consistency"]["mae"], rel=1e-3)
+    assert b["colour_drift"] == pytest.approx(a["colour_drift"], abs=1e-6)
+    assert b["sharpness_gain"] == pytest.approx(a["sharpness_gain"], rel=1e-6)
