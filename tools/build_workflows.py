@@ -15,8 +15,8 @@ JSON files by hand. The ``.jpg`` thumbnails and docs/ screenshots come from ``te
 ``GLIMPSE_UPDATE_SCREENSHOTS=1``.
 
 Node ids are stable numbers, so a diff of a regenerated workflow shows only what changed. The runner changes inputs
-by class and input name (``glimpse.runner.workflow.OVERRIDES``): LoadViewSet path/views, GlimpseMemoryPreset preset,
-GlimpseLightningLoader steps/strength, RandomNoise noise_seed, GlimpsePrompt subject/template, SaveViewSet
+by class and input name (``glimpse.runner.workflow.OVERRIDES``): LoadViewSet path/views, MemoryPreset preset,
+LightningLoader steps/strength, RandomNoise noise_seed, GlimpsePrompt subject/template, SaveViewSet
 subfolder/save_hints; every one of them is a plain widget here, never a link.
 """
 from __future__ import annotations
@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from glimpse.presets import PRESETS
-from glimpse.workflow_format import api_to_canvas
+from glimpse.workflow_format import api_to_canvas, canvas_to_api
 
 REPO = Path(__file__).resolve().parents[1]
 WORKFLOW_DIR = REPO / "workflows"
@@ -60,7 +60,7 @@ MODEL_FILES = {
 class Variant:
     name: str  # workflows/<name>.json
     title: str
-    preset: str  # GlimpseMemoryPreset preset (glimpse.presets.PRESETS): also decides tiled or plain VAE nodes
+    preset: str  # MemoryPreset preset (glimpse.presets.PRESETS): also decides tiled or plain VAE nodes
     lightning_file: str  # "<folder>/<file>" as LightningLoader lists it
     controlnet: str
     summary: str
@@ -94,14 +94,15 @@ def api_graph(v: Variant) -> dict:
     nodes = {
         # The named preset's own values also fill the custom fields (they start from it when switched to custom), and
         # the widgets that settings override, so that what the canvas shows is what runs.
-        1: ("GlimpseMemoryPreset", {"preset": v.preset, "steps": str(s.steps), "strength": s.strength,
+        1: ("MemoryPreset", {"preset": v.preset, "steps": str(s.steps), "strength": s.strength,
                                     "controlnet_strength": s.controlnet_strength, "resolution": s.resolution,
                                     "views_per_chunk": s.views_per_chunk, "tiled_vae": s.tiled_vae,
                                     "vae_tile_size": s.vae_tile_size, "unet_dtype": s.unet_dtype,
                                     "controlnet_size": s.controlnet_size}),
         2: ("LoadViewSet", {"path": "", "views": "all", "background": "#808080", "resolution": s.resolution,
-                            "strip_views": 0, "depth_png_scale": 0.0, "settings": _link(1, 0)}),
-        3: ("GlimpseLightningLoader", {"ckpt_name": SDXL_BASE, "lightning_file": v.lightning_file, "steps": "auto",
+                            "views_per_chunk": s.views_per_chunk, "strip_views": 0, "depth_png_scale": 0.0,
+                            "settings": _link(1, 0)}),
+        3: ("LightningLoader", {"ckpt_name": SDXL_BASE, "lightning_file": v.lightning_file, "steps": "auto",
                                        "strength": s.strength, "settings": _link(1, 0)}),
         4: ("ControlNetLoader", {"control_net_name": v.controlnet}),
         5: ("GlimpsePrompt", {"clip": _link(3, 1), "template": "default", "subject": "", "extra": "",
@@ -229,9 +230,10 @@ def layout(v: Variant) -> dict:
 # -- building --------------------------------------------------------------------------------------------------------
 
 def build(v: Variant, object_info: dict) -> tuple[dict, dict]:
-    """(API twin, canvas) of one variant."""
-    api = with_titles(api_graph(v), object_info)
-    return api, api_to_canvas(api, object_info, layout(v), name=v.name)
+    """(API twin, canvas) of one variant. The twin is the canvas converted back, so it holds every widget input (a
+    widget the graph leaves unset gets its default in both files) exactly as the frontend's Export (API) would."""
+    canvas = api_to_canvas(with_titles(api_graph(v), object_info), object_info, layout(v), name=v.name)
+    return canvas_to_api(canvas, object_info), canvas
 
 
 def dumps(obj) -> str:
