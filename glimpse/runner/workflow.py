@@ -32,6 +32,7 @@ class Override:
     ``every=False``: the first target class present in the workflow gets the value (on every node of that class).
     ``every=True``: every target present gets it (an option that has to reach two places to take effect).
     ``convert``: the type the input takes (the step counts are combo strings).
+    ``unwire``: inputs of the target node that would override the value (a GLIMPSE_SETTINGS link): removed.
     """
 
     option: str
@@ -39,13 +40,16 @@ class Override:
     help: str
     every: bool = False
     convert: type | None = None
+    unwire: tuple[str, ...] = ()
 
 
 MEMORY_PRESET = "MemoryPreset"
 # The one table of what the runner may change in a workflow (node ids as the pack registers them).
-# LightningLoader's strength and LoadViewSet's resolution are ignored when GLIMPSE_SETTINGS are wired in, and a named
-# MemoryPreset ignores its own fields, so --strength/--resolution also go to MemoryPreset, which the runner then turns
-# into preset "custom" holding the named preset's values plus the override (see ``_customise_presets``).
+# LightningLoader's strength is ignored when GLIMPSE_SETTINGS are wired in, and a named MemoryPreset ignores its own
+# fields, so --strength also goes to MemoryPreset, which the runner then turns into preset "custom" holding the named
+# preset's values plus the override (see ``_customise_presets``). --resolution goes to LoadViewSet only, whose settings
+# link is removed (settings would win): MemoryPreset's resolution starts at 256, and CPU previews and tests run at
+# 64-128 px; LoadViewSet then uses its own views_per_chunk, which the bundled workflows keep equal to the preset's.
 OVERRIDES: tuple[Override, ...] = (
     Override("path", (("LoadViewSet", "path"),), "view set folder, relative to ComfyUI's input folder"),
     Override("views", (("LoadViewSet", "views"),), "selection of views for one chunk, e.g. 4-7"),
@@ -58,8 +62,8 @@ OVERRIDES: tuple[Override, ...] = (
              "noise seed shared by every view"),
     Override("subject", (("GlimpsePrompt", "subject"),), "prompt subject"),
     Override("template", (("GlimpsePrompt", "template"),), "prompt template"),
-    Override("resolution", (("LoadViewSet", "resolution"), (MEMORY_PRESET, "resolution")), "working resolution",
-             every=True),
+    Override("resolution", (("LoadViewSet", "resolution"),), "working resolution (long side, px)",
+             unwire=("settings",)),
     Override("subfolder", (("SaveViewSet", "subfolder"),), "output subfolder of SaveViewSet"),
     Override("save_hints", (("SaveViewSet", "save_hints"),), "also save the depth hints"),
     # per-view workflows (plain image graphs run once per view)
@@ -211,6 +215,10 @@ def apply_overrides(workflow: dict, values: dict, source: str = "workflow") -> t
         for ids, class_type, input_name in targets:
             for nid in ids:
                 out[nid]["inputs"][input_name] = value
+                for name in override.unwire:
+                    if isinstance(out[nid]["inputs"].get(name), list):
+                        del out[nid]["inputs"][name]
+                        applied.append(f"{class_type}.{name} unwired (node {nid}) so that {input_name} applies")
                 if class_type == MEMORY_PRESET and input_name != "preset":
                     presets.setdefault(nid, set()).add(input_name)
             applied.append(f"{class_type}.{input_name} = {value!r} (node {', '.join(ids)})")

@@ -7,7 +7,8 @@ from glimpse.runner.workflow import (OVERRIDES, OverrideError, WorkflowError, ap
                                      resolve_workflow, workflow_mode)
 
 SET_WF = {
-    "1": {"class_type": "LoadViewSet", "inputs": {"path": "set", "views": "all", "resolution": 1024}},
+    "1": {"class_type": "LoadViewSet", "inputs": {"path": "set", "views": "all", "resolution": 1024,
+                                                  "settings": ["2", 0]}},
     "2": {"class_type": "MemoryPreset", "inputs": {"preset": "t4_balanced", "steps": "4", "strength": 0.75,
                                                           "resolution": 1024, "views_per_chunk": 1}},
     "3": {"class_type": "LightningLoader", "inputs": {"steps": "auto", "strength": 0.75, "settings": ["2", 0]}},
@@ -22,14 +23,15 @@ def test_every_option_lands_on_its_class_and_input():
               "subject": "a cat", "template": "product", "resolution": 768, "subfolder": "out/x", "save_hints": True}
     wf, applied = apply_overrides(SET_WF, values)
     assert wf["1"]["inputs"] == {"path": "glimpse/abc", "views": "4-7", "resolution": 768}
-    # strength/resolution reach the preset, which becomes custom with the speed preset's other values
+    # strength reaches the preset, which becomes custom with the speed preset's other values; the resolution goes to
+    # LoadViewSet alone, whose settings link is cut (settings would win; MemoryPreset starts at 256 px)
     assert wf["2"]["inputs"] == {"preset": "custom", "steps": "2", "strength": 0.5, "resolution": 768,
                                  "views_per_chunk": 4}
     assert wf["3"]["inputs"] == {"steps": "2", "strength": 0.5, "settings": ["2", 0]}
     assert wf["4"]["inputs"]["noise_seed"] == 7
     assert wf["5"]["inputs"] == {"subject": "a cat", "template": "product"}
     assert wf["6"]["inputs"]["subfolder"] == "out/x" and wf["6"]["inputs"]["save_hints"] is True
-    assert len(applied) == len(values) + 2 + 1  # strength and resolution land twice, plus the custom preset
+    assert len(applied) == len(values) + 3  # strength lands twice, the custom preset, the unwired settings
     assert SET_WF["1"]["inputs"]["views"] == "all", "the original workflow is not modified"
 
 
@@ -58,11 +60,10 @@ def test_wired_input_is_not_overwritten():
         apply_overrides(wf, {"seed": 1})
 
 
-def test_seed_falls_back_to_random_noise_and_resolution_to_memory_preset():
-    wf = {"1": {"class_type": "RandomNoise", "inputs": {"noise_seed": 0}},
-          "2": {"class_type": "MemoryPreset", "inputs": {"preset": "custom", "resolution": 1024}}}
-    out, _ = apply_overrides(wf, {"seed": 42, "resolution": 512})
-    assert out["1"]["inputs"]["noise_seed"] == 42 and out["2"]["inputs"]["resolution"] == 512
+def test_seed_falls_back_to_random_noise():
+    wf = {"1": {"class_type": "RandomNoise", "inputs": {"noise_seed": 0}}}
+    out, _ = apply_overrides(wf, {"seed": 42})
+    assert out["1"]["inputs"]["noise_seed"] == 42
 
 
 def test_named_preset_stays_named_without_field_overrides():
