@@ -48,7 +48,8 @@ def format_report(state: MemoryState, settings: Settings, estimate: MemoryEstima
     s, e = settings, estimate
     lines = [
         f"device: {state.device}",
-        f"VRAM: {gib(state.vram_free)} free of {gib(state.vram_total)}",
+        (f"VRAM: {gib(state.vram_free)} free of {gib(state.vram_total)}" if not state.device.startswith("cpu")
+         else "compute device is the CPU: its memory is the RAM below"),
         f"RAM: {gib(state.ram_free)} free of {gib(state.ram_total)}",
     ]
     if state.loaded_models:

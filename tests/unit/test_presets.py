@@ -111,5 +111,7 @@ def test_report_warns_when_estimate_exceeds_free_plus_own_models():
     assert "WARNING: the estimate" in text and "--lowvram" in text
     assert "n/a (no CUDA device)" in text
     assert "models loaded by ComfyUI: none" in text
+    cpu = format_report(MemoryState("cpu", 24 * GIB, 14 * GIB, 24 * GIB, 14 * GIB), s, e)
+    assert "VRAM" not in cpu and "compute device is the CPU" in cpu and "RAM: 14.00 GiB free of 24.00 GiB" in cpu
     # memory held by ComfyUI's own models counts as available (it would offload them)
     assert not needs_warning(_state(6.0, [LoadedModel("SDXL", 20 * GIB, 20 * GIB)]), e)
