@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from pathlib import Path
 
 import comfy.model_management
@@ -10,7 +11,16 @@ import folder_paths
 from comfy_api.latest import io
 
 from ..glimpse.types import Settings as SettingsValue
-from ..glimpse.viewset import fingerprint, load_view_set, parse_colour, scan_view_set, views_without_depth
+from ..glimpse.cameras import select_cameras
+from ..glimpse.viewset import (
+    chunks,
+    fingerprint,
+    load_view_set,
+    parse_colour,
+    scan_view_set,
+    select_views,
+    views_without_depth,
+)
 from .types import Cameras, Depth, Settings
 
 log = logging.getLogger(__name__)
@@ -39,12 +49,17 @@ class LoadViewSet(io.ComfyNode):
                         "orbit). The set is checked before any pixel is read; nothing is ever written to it. Views "
                         "are composited over the background colour and letterboxed to the working resolution (long "
                         "side a multiple of 64, the short side padded with the background colour; the cameras are "
-                        "adjusted to match).",
+                        "adjusted to match). Outputs are lists of chunks of views: downstream nodes run once per "
+                        "chunk.",
             inputs=[
                 io.String.Input(
                     "path", default="",
                     tooltip="The view-set folder or strip image: an absolute path, or one relative to ComfyUI's input "
                             "folder."),
+                io.String.Input(
+                    "views", default="all",
+                    tooltip="Which views to output: 'all', or indices and ranges such as '0-3,8'. The depth range of "
+                            "the hint is always that of the whole set, so any selection gets the same grey levels."),
                 io.String.Input(
                     "background", default="#808080",
                     tooltip="Colour the RGBA views are composited over, and the padding colour: '#rrggbb', 'r,g,b' "
@@ -53,6 +68,11 @@ class LoadViewSet(io.ComfyNode):
                     "resolution", default=1024, min=0, max=8192, step=64,
                     tooltip="Working long side in pixels (a multiple of 64); 0 keeps the native size (padded up to a "
                             "multiple of 64). Ignored when settings are connected."),
+                io.Int.Input(
+                    "views_per_chunk", default=4, min=1, max=256,
+                    tooltip="The views are output as a list of chunks of at most this many views; every downstream "
+                            "node runs once per chunk, so memory stays flat for large sets. Ignored when settings "
+                            "are connected (their views_per_chunk is used)."),
                 io.Int.Input(
                     "strip_views", default=0, min=0, max=256,
                     tooltip="For a strip image: how many views it holds (0 = square views, count from its shape). "
@@ -63,33 +83,38 @@ class LoadViewSet(io.ComfyNode):
                             "cameras.json. Unused for other depth formats."),
                 Settings.Input(
                     "settings", optional=True,
-                    tooltip="GLIMPSE_SETTINGS from MemoryPreset: when connected, its resolution is the working "
-                            "resolution."),
+                    tooltip="GLIMPSE_SETTINGS from MemoryPreset: when connected, its resolution and views_per_chunk "
+                            "are used."),
             ],
             outputs=[
-                io.Image.Output(display_name="images",
-                                tooltip="The views, composited over the background colour, at the working resolution."),
-                io.Mask.Output(display_name="mask", tooltip="Render opacity (alpha) per view; 0 in the padding."),
-                Depth.Output(display_name="depth",
-                             tooltip="Renderer depth (camera-space z, metric) with its validity per view, and the "
-                                     "set's near/far; views without a depth file have no valid pixel."),
-                Cameras.Output(display_name="cameras",
-                               tooltip="The views' cameras (intrinsics for the working resolution, poses, azimuth and "
-                                       "elevation)."),
-                io.Int.Output(display_name="view_count", tooltip="Number of views in the set."),
+                io.Image.Output(display_name="images", is_output_list=True,
+                                tooltip="The views, composited over the background colour, at the working resolution "
+                                        "(a list of chunks)."),
+                io.Mask.Output(display_name="mask", is_output_list=True,
+                               tooltip="Render opacity (alpha) per view; 0 in the padding (a list of chunks)."),
+                Depth.Output(display_name="depth", is_output_list=True,
+                             tooltip="Renderer depth (camera-space z, metric) with its validity per view and the whole "
+                                     "set's near/far; views without a depth file have no valid pixel (a list of "
+                                     "chunks)."),
+                Cameras.Output(display_name="cameras", is_output_list=True,
+                               tooltip="The views' cameras: intrinsics for the working resolution, poses, azimuth and "
+                                       "elevation, and each view's index in the set (a list of chunks)."),
+                io.Int.Output(display_name="view_count", tooltip="Number of views output (all chunks together)."),
             ],
         )
 
     @classmethod
-    def validate_inputs(cls, path: str | None = None, strip_views: int = 0, depth_png_scale: float = 0.0,
-                        background: str | None = None) -> bool | str:
+    def validate_inputs(cls, path: str | None = None, views: str | None = None, strip_views: int = 0,
+                        depth_png_scale: float = 0.0, background: str | None = None) -> bool | str:
         if strip_views is not None and strip_views < 0 or depth_png_scale is not None and depth_png_scale < 0:
             return "strip_views and depth_png_scale must not be negative"
         try:
             if background is not None:
                 parse_colour(background)
             if path is not None:
-                scan_view_set(resolve_path(path), strip_views, depth_png_scale or None)
+                spec = scan_view_set(resolve_path(path), strip_views, depth_png_scale or None)
+                if views is not None:
+                    select_views(views, len(spec))
         except (OSError, ValueError) as e:
             return str(e)
         return True
@@ -102,22 +127,33 @@ class LoadViewSet(io.ComfyNode):
             return f"invalid: {e}"
 
     @classmethod
-    def execute(cls, path: str, background: str = "#808080", resolution: int = 1024, strip_views: int = 0,
-                depth_png_scale: float = 0.0, settings: SettingsValue | None = None) -> io.NodeOutput:
+    def execute(cls, path: str, views: str = "all", background: str = "#808080", resolution: int = 1024,
+                views_per_chunk: int = 4, strip_views: int = 0, depth_png_scale: float = 0.0,
+                settings: SettingsValue | None = None) -> io.NodeOutput:
         if settings is not None:
-            resolution = settings.resolution
+            resolution, views_per_chunk = settings.resolution, settings.views_per_chunk
         spec = scan_view_set(resolve_path(path), strip_views, depth_png_scale or None)
-        bar = comfy.utils.ProgressBar(len(spec))
+        selected = select_views(views, len(spec))
+        bar = comfy.utils.ProgressBar(len(selected))
 
         def on_view(_: int) -> None:
             comfy.model_management.throw_exception_if_processing_interrupted()
             bar.update(1)
 
-        vs = load_view_set(spec, resolution=resolution, background=background, on_view=on_view)
-        missing = views_without_depth(vs.depth)
-        if missing and len(missing) < len(spec):
+        vs = load_view_set(spec, resolution=resolution, background=background, on_view=on_view, views=selected)
+        missing = [selected[k] for k in views_without_depth(vs.depth)]
+        if missing and len(missing) < len(selected):
             log.info("LoadViewSet: %s have no depth; DepthControlNet needs images and a depth estimator for them",
                      ", ".join(f"view_{i:02d}" for i in missing))
-        log.info("LoadViewSet: %d views from %s, %dx%d -> %dx%d (content %s)", len(spec), spec.root,
-                 vs.source_size[1], vs.source_size[0], vs.images.shape[2], vs.images.shape[1], vs.content)
-        return io.NodeOutput(vs.images, vs.alpha, vs.depth, vs.cameras, len(spec))
+        parts = chunks(len(selected), views_per_chunk)
+        log.info("LoadViewSet: %d of %d views from %s, %dx%d -> %dx%d (content %s), %d chunk(s)", len(selected),
+                 len(spec), spec.root, vs.source_size[1], vs.source_size[0], vs.images.shape[2], vs.images.shape[1],
+                 vs.content, len(parts))
+        d = vs.depth
+        return io.NodeOutput(
+            [vs.images[c] for c in parts],
+            [vs.alpha[c] for c in parts],
+            [replace(d, depth=d.depth[c], valid=d.valid[c]) for c in parts],
+            [select_cameras(vs.cameras, list(range(c.start, c.stop))) for c in parts],
+            len(selected),
+        )

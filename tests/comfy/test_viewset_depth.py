@@ -31,9 +31,11 @@ pytestmark = pytest.mark.skipif(not SAMPLE.is_dir(), reason="../shared/data/samp
 
 @pytest.fixture(scope="module")
 def viewset(comfy):
-    images, mask, depth, cameras, count = comfy.run("LoadViewSet", path=str(SAMPLE), background="#808080",
-                                                    resolution=64, strip_views=0, depth_png_scale=0.0)
-    return SimpleNamespace(images=images, mask=mask, depth=depth, cameras=cameras, count=count)
+    images, mask, depth, cameras, count = comfy.run("LoadViewSet", path=str(SAMPLE), views="all",
+                                                    background="#808080", resolution=64, views_per_chunk=16,
+                                                    strip_views=0, depth_png_scale=0.0)
+    assert len(images) == len(mask) == len(depth) == len(cameras) == 1  # lists of chunks: one chunk of 16
+    return SimpleNamespace(images=images[0], mask=mask[0], depth=depth[0], cameras=cameras[0], count=count)
 
 
 @pytest.fixture(scope="module")
@@ -69,8 +71,19 @@ def test_load_view_set_takes_resolution_from_settings(comfy):
     settings = Settings(preset="test", steps=4, strength=0.5, controlnet_strength=0.4, resolution=128,
                         views_per_chunk=4, tiled_vae=False, vae_tile_size=512, unet_dtype="default",
                         controlnet_size="small")
-    images, *_ = comfy.run("LoadViewSet", path=str(SAMPLE), resolution=64, settings=settings)
-    assert images.shape == (16, 128, 128, 3)
+    images, *_ = comfy.run("LoadViewSet", path=str(SAMPLE), resolution=64, views_per_chunk=16, settings=settings)
+    assert [i.shape for i in images] == [(4, 128, 128, 3)] * 4  # the preset's resolution and views per chunk
+
+
+def test_load_view_set_outputs_chunks_of_the_selected_views(comfy, viewset):
+    images, mask, depth, cameras, count = comfy.run("LoadViewSet", path=str(SAMPLE), views="2-7,12",
+                                                    resolution=64, views_per_chunk=3)
+    assert count == 7 and [len(i) for i in images] == [3, 3, 1]
+    assert [c.view_index.tolist() for c in cameras] == [[2, 3, 4], [5, 6, 7], [12]]
+    assert torch.equal(torch.cat(images), viewset.images[[2, 3, 4, 5, 6, 7, 12]])
+    assert torch.equal(torch.cat(mask), viewset.mask[[2, 3, 4, 5, 6, 7, 12]])
+    assert all((d.near, d.far) == (viewset.depth.near, viewset.depth.far) for d in depth)  # the whole set's range
+    assert torch.equal(depth[1].depth, viewset.depth.depth[5:8])
 
 
 def test_load_view_set_validation_messages(comfy, tmp_path):
@@ -79,6 +92,7 @@ def test_load_view_set_validation_messages(comfy, tmp_path):
     (tmp_path / "view_00.png").write_bytes((SAMPLE / "view_00.png").read_bytes())
     assert "cameras.json is missing" in cls.validate_inputs(path=str(tmp_path))
     assert "background colour" in cls.validate_inputs(path=str(SAMPLE), background="nope")
+    assert "outside 0-15" in cls.validate_inputs(path=str(SAMPLE), views="0-16")
     assert cls.validate_inputs(path=str(SAMPLE), background="#808080") is True
     assert cls.validate_inputs() is True  # a linked path is checked when the node runs
     f0 = cls.fingerprint_inputs(path=str(SAMPLE))
@@ -160,8 +174,9 @@ def test_missing_depth_without_estimator_is_a_clear_error(comfy, viewset):
 
 
 def test_bad_path_is_rejected_by_the_server_before_running(comfy_server, tmp_path):
-    prompt = {"1": {"class_type": "LoadViewSet", "inputs": {"path": str(tmp_path / "nope"), "background": "#808080",
-                                                             "resolution": 64, "strip_views": 0,
+    prompt = {"1": {"class_type": "LoadViewSet", "inputs": {"path": str(tmp_path / "nope"), "views": "all",
+                                                             "background": "#808080", "resolution": 64,
+                                                             "views_per_chunk": 4, "strip_views": 0,
                                                              "depth_png_scale": 0.0}},
               "2": {"class_type": "PreviewImage", "inputs": {"images": ["1", 0]}}}
     with pytest.raises(comfy_server.PromptError) as e:
@@ -169,4 +184,4 @@ def test_bad_path_is_rejected_by_the_server_before_running(comfy_server, tmp_pat
     assert "does not exist" in str(e.value) and "nope" in str(e.value)
     prompt["1"]["inputs"]["path"] = str(SAMPLE)
     entry = comfy_server.queue(prompt)
-    assert len(entry["outputs"]["2"]["images"]) == 16
+    assert len(entry["outputs"]["2"]["images"]) == 16  # PreviewImage ran once per chunk of 4
