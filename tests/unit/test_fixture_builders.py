@@ -195,3 +195,21 @@ def test_prune_deletes_only_stale_builds_of_known_fixtures(tmp_path, monkeypatch
         p.mkdir()
     assert prune(tmp_path) == [stale]
     assert current.is_dir() and other.is_dir() and not stale.exists()
+
+
+def test_command_names_the_missing_comfyui_before_building(tmp_path, monkeypatch, caplog):
+    from tests.fixtures.__main__ import main
+
+    monkeypatch.setenv(cache.CACHE_ENV, str(tmp_path / "cache"))
+    monkeypatch.setenv("COMFYUI_PATH", str(tmp_path / "no-comfy"))
+    assert main(["--models-dir", str(tmp_path / "models"), "--only", "sdxl-vega-checkpoint"]) == 2
+    assert "no-comfy has no comfy/sd.py: set COMFYUI_PATH" in caplog.text
+    assert not (tmp_path / "models").exists()
+
+
+def test_command_refuses_unknown_fixture_names(tmp_path, monkeypatch, caplog):
+    from tests.fixtures.__main__ import main
+
+    monkeypatch.setenv(cache.CACHE_ENV, str(tmp_path / "cache"))
+    assert main(["--models-dir", str(tmp_path / "models"), "--only", "sdxl-huge"]) == 2
+    assert "no fixture named ['sdxl-huge'] in the vega set" in caplog.text
