@@ -131,3 +131,31 @@ def test_empty_subject_and_slotless_user_template_run(comfy_server, server_promp
     assert entry["outputs"]["3"]["text"][0].startswith("highly detailed 3D render, sharp focus")
     entry = comfy_server.queue(text_graph(ckpt, subject="a fox", template="plain", user_templates="srv_plain.json"))
     assert entry["outputs"]["3"]["text"][0] == "a fox, clean render"
+
+
+@pytest.mark.allow_comfy_warnings("invalid value encountered")
+def test_nan_pixels_reach_the_server_log_check(comfy_server):
+    """A NaN latent decoded and saved by the server leaves numpy's cast warning in the log, which fails any test that
+    does not allow it (the harness runs the server with that warning set to 'always')."""
+    import time
+
+    import requests
+
+    start = len(comfy_server.log())
+    prompt = {
+        "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": vega_checkpoint(comfy_server)}},
+        "2": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
+        "3": {"class_type": "LatentMultiply", "inputs": {"samples": ["2", 0], "multiplier": float("nan")}},
+        "4": {"class_type": "VAEDecode", "inputs": {"samples": ["3", 0], "vae": ["1", 2]}},
+        "5": {"class_type": "SaveImage", "inputs": {"images": ["4", 0], "filename_prefix": "glimpse_test/nan"}},
+    }
+    # requests refuses NaN in json=, the server's json.loads takes it: post the text and poll /history.
+    r = requests.post(comfy_server.url + "/prompt", data=json.dumps({"prompt": prompt}),
+                      headers={"Content-Type": "application/json"}, timeout=60)
+    r.raise_for_status()
+    prompt_id = r.json()["prompt_id"]
+    deadline = time.monotonic() + 300
+    while prompt_id not in requests.get(f"{comfy_server.url}/history/{prompt_id}", timeout=60).json():
+        assert time.monotonic() < deadline, comfy_server.tail()
+        time.sleep(0.5)
+    assert "invalid value encountered" in comfy_server.log()[start:]
