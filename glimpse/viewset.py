@@ -26,8 +26,10 @@ import hashlib
 import json
 import logging
 import math
+import os
 import re
 import zipfile
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Sequence
@@ -47,6 +49,7 @@ log = logging.getLogger(__name__)
 DEPTH_EXTENSIONS = (".npy", ".npz", ".exr", ".png")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp")
 MULTIPLE = 64
+LOAD_THREADS = 4  # views decoded at once (bounded by the CPU count)
 _VIEW_RE = re.compile(r"^view_(\d+)\.png$", re.IGNORECASE)
 _EXR_DEPTH_CHANNELS = ("Z", "depth", "Depth", "D", "Y", "R", "V")
 
@@ -472,21 +475,22 @@ def load_view_set(spec_or_path: ViewSetSpec | str | Path, resolution: int = 1024
     images = bg.view(1, 1, 1, 3).repeat(n, *canvas, 1) if padded else torch.empty((n, *canvas, 3))
     alpha = torch.zeros((n, *canvas), dtype=torch.float32) if padded else torch.empty((n, *canvas))
     depth = torch.zeros((n, *canvas), dtype=torch.float32)
-    reports, samples = [], []
-    for v in spec.views:  # one view at a time: bounded memory, cache-friendly
+
+    def one(v: ViewFiles) -> tuple[DepthReport | None, torch.Tensor | None]:
+        """Read one view into its slot of the outputs (distinct slices: safe from several threads)."""
         k = position.get(v.index)
         d, report = _view_depth(v, spec, size, quiet=k is None)
+        sample = None
         if d is not None:
             z = d.reshape(-1)[::stride]
-            samples.append(z[z > 0])
+            sample = z[z > 0]
         if k is None:  # not selected: its depth only counts towards the set's range
-            continue
-        reports.append(report)
+            return None, sample
         u8 = _load_rgba(v, spec, strip)
         a = u8[..., 3:4].astype(np.float32)
         a *= np.float32(1.0 / 255.0)
-        # straight alpha over bg, in place (numpy: single-threaded, no thread-pool stalls on a busy machine):
-        # rgb = bg + a * (colour - bg)
+        # straight alpha over bg, in place in numpy (single-threaded passes that release the GIL; no torch
+        # thread-pool stalls on a busy machine): rgb = bg + a * (colour - bg)
         rgb_t = images[k, rows, cols] if resized == size else torch.empty((*size, 3), dtype=torch.float32)
         rgb = rgb_t.numpy()
         rgb[...] = u8[..., :3]
@@ -494,26 +498,45 @@ def load_view_set(spec_or_path: ViewSetSpec | str | Path, resolution: int = 1024
         rgb -= bg_np
         rgb *= a
         rgb += bg_np
-        a = torch.from_numpy(a[..., 0])
-        if resized != size:
-            x = torch.cat([rgb_t, a.unsqueeze(-1)], dim=-1).permute(2, 0, 1).unsqueeze(0)
-            x = F.interpolate(x, size=resized, mode="bilinear", antialias=resized[0] < size[0],
-                              align_corners=False).clamp_(0, 1)[0]
-            images[k, rows, cols] = x[:3].permute(1, 2, 0)
-            a = x[3]
+        if resized == size:
+            alpha.numpy()[k, rows, cols] = a[..., 0]
             if d is not None:
-                d = F.interpolate(d[None, None], size=resized, mode="nearest-exact")[0, 0]
-        alpha[k, rows, cols] = a
+                depth.numpy()[k, rows, cols] = d.numpy()
+            return report, sample
+        x = torch.cat([rgb_t, torch.from_numpy(a)], dim=-1).permute(2, 0, 1).unsqueeze(0)
+        x = F.interpolate(x, size=resized, mode="bilinear", antialias=resized[0] < size[0],
+                          align_corners=False).clamp_(0, 1)[0]
+        images[k, rows, cols] = x[:3].permute(1, 2, 0)
+        alpha[k, rows, cols] = x[3]
         if d is not None:
-            depth[k, rows, cols] = d
-        if on_view is not None:
-            on_view(v.index)
+            depth[k, rows, cols] = F.interpolate(d[None, None], size=resized, mode="nearest-exact")[0, 0]
+        return report, sample
+
+    # PNG/zlib decoding and the numpy passes release the GIL: a few threads overlap views on several cores
+    reports, samples = [], []
+    workers = max(1, min(LOAD_THREADS, os.cpu_count() or 1, len(spec)))
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        futures = {pool.submit(one, v): v.index for v in spec.views}
+        try:
+            for fut in as_completed(futures):
+                report, sample = fut.result()
+                if sample is not None:
+                    samples.append(sample)
+                if report is not None:
+                    reports.append(report)
+                    if on_view is not None:
+                        on_view(futures[fut])
+        except BaseException:
+            for f in futures:
+                f.cancel()
+            raise
+    reports.sort(key=lambda r: r.index)
     valid_z = torch.cat(samples) if samples else torch.zeros(0)
     near, far = near_far_of(valid_z) if valid_z.numel() else (None, None)
     return ViewSet(
         images=images,
         alpha=alpha,
-        depth=DepthMaps(depth=depth, valid=depth > 0, near=near, far=far),
+        depth=DepthMaps(depth=depth, valid=torch.from_numpy(depth.numpy() > 0), near=near, far=far),
         cameras=letterbox_cameras(select_cameras(spec.cameras, selected), resized, offset, canvas),
         content=(top, left, resized[0], resized[1]),
         source_size=size,
