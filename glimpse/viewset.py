@@ -512,11 +512,18 @@ def load_view_set(spec_or_path: ViewSetSpec | str | Path, resolution: int = 1024
             depth[k, rows, cols] = F.interpolate(d[None, None], size=resized, mode="nearest-exact")[0, 0]
         return report, sample
 
-    # PNG/zlib decoding and the numpy passes release the GIL: a few threads overlap views on several cores
+    # PNG/zlib decoding and the numpy passes release the GIL: a few threads overlap views on several cores. Grad and
+    # inference mode are per thread: the workers get the caller's (ComfyUI runs nodes under inference_mode).
+    inference, grad = torch.is_inference_mode_enabled(), torch.is_grad_enabled()
+
+    def run(v: ViewFiles):
+        with torch.inference_mode(inference), torch.set_grad_enabled(grad):
+            return one(v)
+
     reports, samples = [], []
     workers = max(1, min(LOAD_THREADS, os.cpu_count() or 1, len(spec)))
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        futures = {pool.submit(one, v): v.index for v in spec.views}
+        futures = {pool.submit(run, v): v.index for v in spec.views}
         try:
             for fut in as_completed(futures):
                 report, sample = fut.result()

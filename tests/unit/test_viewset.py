@@ -162,6 +162,15 @@ def test_letterboxed_set_projects_3d_points_to_the_right_pixels(tmp_path):
         assert near_centre > 0  # the big sphere covers its projected centre in every view
 
 
+@pytest.mark.parametrize("resolution", [0, 64, 256])
+def test_loads_under_inference_mode_as_comfyui_runs_nodes(tmp_path, resolution):
+    write_synthetic_set(tmp_path / "s", n=3, size=(96, 160))
+    with torch.inference_mode():
+        vs = load_view_set(tmp_path / "s", resolution=resolution)
+        hint = depth_hint(vs.depth)
+    assert vs.images.is_inference() and hint.shape[0] == 3 and bool(vs.depth.valid.any())
+
+
 def test_native_size_not_a_multiple_of_64_is_padded_without_resampling(tmp_path):
     z = write_synthetic_set(tmp_path / "s", n=2, size=(96, 160))
     vs = load_view_set(tmp_path / "s", resolution=0, background=(0.2, 0.4, 0.6))
