@@ -9,7 +9,8 @@ with this pack linked into ``<tmp>/custom_nodes`` and, in the yaml, ``--models-d
 layout: checkpoints/, loras/, diffusion_models/, controlnet/, depth_estimators/) followed by ``$COMFYUI_PATH/models``
 (whose place --base-directory would otherwise hide); ComfyUI's own extra_model_paths.yaml is passed on as well. ``--cpu`` is added when
 torch sees no CUDA/MPS device. The server runs in its own session so the terminal's Ctrl-C reaches only the runner,
-which stops it (terminate, then kill after 10 s) and removes ``<tmp>``. Its log goes to ``<tmp>/comfyui.log``; when
+which stops it (terminate, then kill after 10 s) and removes ``<tmp>``; on Linux the server also gets SIGTERM when the
+runner dies without cleaning up (SIGKILL), so no ComfyUI is left behind. Its log goes to ``<tmp>/comfyui.log``; when
 it fails to start the log's tail is in the error.
 """
 from __future__ import annotations
@@ -17,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -58,6 +60,16 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def _die_with_parent() -> None:
+    """Linux: the server gets SIGTERM when the runner dies, even by SIGKILL (no orphaned ComfyUI)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
 
 
 def _has_accelerator() -> bool:
@@ -125,7 +137,8 @@ class EmbeddedComfy:
             env["PYTHONPATH"] = os.pathsep.join(p for p in env.get("PYTHONPATH", "").split(os.pathsep)
                                                 if p and os.path.realpath(p) != str(pack))
         self.proc = subprocess.Popen(cmd, cwd=comfy, env=env, stdout=logf, stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL, start_new_session=True)
+                                     stdin=subprocess.DEVNULL, start_new_session=True,
+                                     preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None)
         client = ComfyClient(self.url)
         deadline = time.monotonic() + self.start_timeout
         t0 = time.monotonic()
