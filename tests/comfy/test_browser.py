@@ -37,7 +37,10 @@ NAMES = ("glimpse_enhance_t4", "glimpse_enhance_speed", "glimpse_enhance_quality
 CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
         "--disable-component-update", "--disable-sync", "--no-first-run"]
-VIEWPORT = {"width": 1600, "height": 1000}
+VIEWPORT = {"width": 2560, "height": 1440}  # the whole graph at about 70 %, where node text is drawn
+# Before the page opens: no template browser over the canvas (first visit), no minimap over the graph, and node text
+# drawn at any zoom (the frontend switches to unlabelled boxes below an 8 px font by default).
+SETTINGS = {"Comfy.TutorialCompleted": True, "Comfy.Minimap.Visible": False, "LiteGraph.Canvas.MinFontSizeForLOD": 1}
 UPDATE = os.environ.get("GLIMPSE_UPDATE_SCREENSHOTS") == "1"
 THUMB_WIDTH = 640
 TEMPLATES = ("default.json", "sdxl_refiner_prompt_example.json", "image_lotus_depth_v1_1.json")
@@ -53,8 +56,8 @@ if importlib.util.find_spec("playwright") is None:
 def page(comfy_server):
     from playwright.sync_api import sync_playwright
 
-    # The first visit would open the template browser over the canvas.
-    requests.post(f"{comfy_server.url}/settings/Comfy.TutorialCompleted", json=True, timeout=10).raise_for_status()
+    for key, value in SETTINGS.items():
+        requests.post(f"{comfy_server.url}/settings/{key}", json=value, timeout=10).raise_for_status()
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
         pg = browser.new_page(viewport=VIEWPORT)
@@ -72,6 +75,7 @@ def page(comfy_server):
 
 
 def open_workflow(page, data: dict, name: str) -> None:
+    page.errors.clear()
     page.evaluate("async ([data, name]) => { await window.app.loadGraphData(data, true, true, name); }", [data, name])
     page.wait_for_timeout(500)
 
@@ -138,7 +142,7 @@ def test_opens_with_every_node_and_converts_like_the_frontend(name, page, tmp_pa
         assert max(ImageStat.Stat(im.convert("L")).stddev) > 10, "the screenshot is blank"
     if UPDATE:
         publish(png, name)
-    assert page.errors == []
+    assert page.errors == [], "uncaught errors in the page"
 
 
 def set_widget(page, node_type: str, widget: str, value) -> None:
@@ -185,7 +189,7 @@ def test_queues_from_the_ui_and_runs(name, page, comfy_server):
              if it.get("type") == "output"}
     assert {"view_05.png", "confidence_05.png"} <= saved
     assert (comfy_server.output_dir / subfolder / "view_05.png").is_file()
-    assert page.errors == []
+    assert page.errors == [], "uncaught errors in the page"
 
 
 def test_missing_node_dialog_is_detected(page, tmp_path):

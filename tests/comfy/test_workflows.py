@@ -16,6 +16,7 @@ import difflib
 import importlib.util
 import json
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -37,10 +38,12 @@ MODEL_INPUTS = {("LightningLoader", "ckpt_name"), ("LightningLoader", "lightning
 
 def load_tool():
     """tools/build_workflows.py (a maintainer script outside the installed package), loaded by path."""
-    spec = importlib.util.spec_from_file_location("glimpse_build_workflows", REPO / "tools" / "build_workflows.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    name = "glimpse_build_workflows"
+    if name not in sys.modules:  # registered first: its dataclasses look their module up
+        spec = importlib.util.spec_from_file_location(name, REPO / "tools" / "build_workflows.py")
+        sys.modules[name] = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(sys.modules[name])
+    return sys.modules[name]
 
 
 @pytest.fixture(scope="module")
