@@ -21,7 +21,7 @@ GIB = 1024 ** 3
 CONFIGS = {"t4": "t4_balanced", "speed": "speed", "quality": "quality"}
 MEMORY_PRESET_IDS = ("MemoryPreset", "GlimpseMemoryPreset")
 
-# node class -> time-split part (everything of this pack is "ours"; the rest is "other")
+# node class -> time-split part (the rest of this pack is "ours", anything else "other")
 PARTS = {
     "VAEEncode": "vae_encode", "VAEEncodeTiled": "vae_encode",
     "SamplerCustomAdvanced": "sampling", "KSamplerAdvanced": "sampling", "KSampler": "sampling",
@@ -29,7 +29,9 @@ PARTS = {
     "VAEDecode": "vae_decode", "VAEDecodeTiled": "vae_decode",
     "CheckpointLoaderSimple": "loaders", "GlimpseCheckpointLoader": "loaders", "LoraLoaderModelOnly": "loaders",
     "UNETLoader": "loaders", "ControlNetLoader": "loaders",
+    "GlimpsePrompt": "text_encode", "CLIPTextEncode": "text_encode",  # CLIP runs inside GlimpsePrompt
 }
+SPLIT_PARTS = ("vae_encode", "sampling", "vae_decode", "ours", "text_encode", "loaders", "other")
 
 
 def build_view_set(dst: Path, size: int, views: int = 16, src: Path = FOX) -> Path:

@@ -1,0 +1,59 @@
+"""The benchmark's harness on the CPU at a tiny size: `python -m bench --device cpu` runs the bundled t4 workflow in a
+real in-process ComfyUI and the diffusers baseline on the Vega fixtures, and writes a sane JSON and Markdown table.
+No timing is asserted: only that every number is there, positive where it must be, and adds up."""
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_bench_cpu_tiny(models_dir, tmp_path):
+    out = tmp_path / "cpu.json"
+    cmd = [sys.executable, "-m", "bench", "--device", "cpu", "--resolution", "64", "--views", "2", "--configs", "t4",
+           "--repeat", "1", "--models-dir", str(models_dir), "--per-set-size", "64", "--per-set-views", "2",
+           "--out", str(out)]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-5000:]
+    result = json.loads(out.read_text())
+    md = out.with_suffix(".md").read_text()
+    assert "| t4 |" in md and "per-set work" in md
+
+    bench = result["bench"]
+    assert bench["device"] == "cpu" and bench["gpu"] == "cpu"
+    assert (bench["resolution"], bench["views"]) == (64, 2)
+    assert bench["versions"]["torch"] and bench["versions"]["diffusers"] and bench["versions"]["comfyui"]
+
+    t4 = result["configs"]["t4"]
+    ours, base = t4["ours"], t4["baseline"]
+    assert "error" not in ours and "error" not in base, (ours.get("log_tail"), base.get("log_tail"))
+    assert t4["gpu"] == "cpu" and t4["peak_gpu_gib"] is None
+    for side in (ours, base):
+        assert side["s_per_view"] > 0 and math.isfinite(side["s_per_view"])
+        assert side["wall_s"] >= side["s_per_view"]
+        assert side["wall_16_s"] is None  # only a 16-view set has a 16-view wall time
+        assert side["peak_rss_gib"] > 0.5  # a real SDXL-shaped model was in memory
+        assert side["executed_steps"] == 3  # t4 preset: 4-step grid at strength 0.75
+    assert t4["ratio"] == ours["s_per_view"] / base["s_per_view"]
+    assert base["unet_calls_per_view"] == 3
+
+    # ours: measured per node; the parts add up to at most the prompt's wall time
+    split = ours["split_s"]
+    assert set(split) == {"vae_encode", "sampling", "vae_decode", "ours", "text_encode", "loaders", "other"}
+    assert all(split[k] > 0 for k in ("vae_encode", "sampling", "vae_decode", "ours", "text_encode"))
+    assert split["loaders"] == 0, "warm runs reuse the loaded models"
+    assert sum(split.values()) <= ours["wall_s"] * 1.01
+    assert {"LoadViewSet", "DepthControlNet", "ConfidenceBlend", "SamplerCustomAdvanced"} <= set(ours["nodes_s"])
+    assert ours["loader_nodes_s"] > 0 and ours["load_s"] >= ours["loader_nodes_s"]
+    assert any("settings unlinked" in c for c in ours["graph_changes"]), "64 px is below MemoryPreset's minimum"
+    # baseline: module calls timed inside the diffusers pipeline
+    assert set(base["split_s"]) == {"vae_encode", "unet", "controlnet", "vae_decode", "other"}
+    assert all(v > 0 for k, v in base["split_s"].items() if k != "other")
+
+    per_set = result["per_set"]
+    assert set(per_set["parts"]) == {"scan", "load", "hint", "blend", "blend_depth_256", "score"}
+    assert per_set["total_s"] > 0 and per_set["met"] is None  # the target applies to 16 views at 1024
