@@ -147,3 +147,33 @@ def test_malformed_user_template_file_names_the_file_and_problem(comfy, vega, pr
 def test_user_template_file_outside_the_folder_is_reported(comfy):
     message = comfy.pack["GlimpsePrompt"].validate_inputs(template="default", user_templates="missing.json")
     assert "user template file 'missing.json' is not in the glimpse_prompts model folder" in message
+
+
+def test_each_view_is_sampled_with_its_own_conditioning(comfy, vega):
+    """Two views (front, back) in one batch sample like each view alone with its own prompt."""
+    cams = syncdreamer_cameras()
+    pick = torch.tensor([0, 8])
+    two = Cameras(intrinsics=cams.intrinsics[pick], world_to_camera=cams.world_to_camera[pick],
+                  camera_to_world=cams.camera_to_world[pick], azimuth_deg=cams.azimuth_deg[pick],
+                  elevation_deg=cams.elevation_deg[pick], image_size=cams.image_size)
+    pos, neg, pos_text, neg_text = comfy.run("GlimpsePrompt", clip=vega.clip, template="default", subject="a fox",
+                                             extra="", cameras=two)
+    front_text, back_text = pos_text.split("\n")
+
+    def sample(positive, negative, batch):
+        (latent,) = comfy.run("EmptyLatentImage", width=64, height=64, batch_size=batch)
+        (out,) = comfy.run("KSamplerAdvanced", model=vega.model, add_noise="enable", noise_seed=3, steps=4, cfg=1.0,
+                           sampler_name="euler", scheduler="sgm_uniform", positive=positive, negative=negative,
+                           latent_image=latent, start_at_step=2, end_at_step=4, return_with_leftover_noise="disable")
+        return out["samples"]
+
+    both = sample(pos, neg, 2)
+    (single_neg,) = comfy.run("CLIPTextEncode", clip=vega.clip, text=neg_text)
+    (front,) = comfy.run("CLIPTextEncode", clip=vega.clip, text=front_text)
+    (back,) = comfy.run("CLIPTextEncode", clip=vega.clip, text=back_text)
+    alone_front = sample(front, single_neg, 1)[0]  # the batch's first noise is the single sample's noise
+    alone_back_prompt = sample(back, single_neg, 1)[0]
+    prompt_effect = (alone_back_prompt - alone_front).abs().max()
+    batch_error = (both[0] - alone_front).abs().max()
+    assert prompt_effect > 0
+    assert batch_error < 1e-3 * prompt_effect + 1e-5, f"batched view 0 is {batch_error} off, prompts {prompt_effect}"
