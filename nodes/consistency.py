@@ -46,6 +46,49 @@ def summary_text(scores: dict) -> str:
     return "\n".join(lines) + "\n\n" + json.dumps(compact, indent=1)
 
 
+def _items(x) -> list:
+    """A list input as a flat list of chunks ([] when not connected)."""
+    if x is None:
+        return []
+    if isinstance(x, (list, tuple)):
+        return [y for item in x for y in _items(item)]
+    return [x]
+
+
+def _cat_cameras(chunks: list[CamerasValue]) -> CamerasValue:
+    sizes = {c.image_size for c in chunks}
+    if len(sizes) > 1:
+        raise ValueError(f"ViewConsistency: camera chunks are for different image sizes {sorted(sizes)}")
+    have_index = all(c.view_index is not None for c in chunks)
+    return CamerasValue(
+        intrinsics=torch.cat([c.intrinsics for c in chunks]),
+        world_to_camera=torch.cat([c.world_to_camera for c in chunks]),
+        camera_to_world=torch.cat([c.camera_to_world for c in chunks]),
+        azimuth_deg=torch.cat([c.azimuth_deg for c in chunks]),
+        elevation_deg=torch.cat([c.elevation_deg for c in chunks]),
+        image_size=chunks[0].image_size,
+        view_index=torch.cat([c.view_index for c in chunks]) if have_index else None,
+    )
+
+
+def _cat_depth(chunks: list[DepthMaps]) -> DepthMaps:
+    return DepthMaps(depth=torch.cat([d.depth for d in chunks]), valid=torch.cat([d.valid for d in chunks]),
+                     near=chunks[0].near, far=chunks[0].far)
+
+
+def _take(x, order: torch.Tensor):
+    if x is None:
+        return None
+    if isinstance(x, DepthMaps):
+        return DepthMaps(depth=x.depth[order], valid=x.valid[order], near=x.near, far=x.far)
+    if isinstance(x, CamerasValue):
+        return CamerasValue(intrinsics=x.intrinsics[order], world_to_camera=x.world_to_camera[order],
+                            camera_to_world=x.camera_to_world[order], azimuth_deg=x.azimuth_deg[order],
+                            elevation_deg=x.elevation_deg[order], image_size=x.image_size,
+                            view_index=None if x.view_index is None else x.view_index[order])
+    return x[order]
+
+
 class ViewConsistency(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
@@ -58,7 +101,8 @@ class ViewConsistency(io.ComfyNode):
                         "both that pass an occlusion test (and are away from depth edges) give a masked PSNR and MAE. "
                         "Also per-view colour drift (CIE Lab mean and spread against the set's median; with reference "
                         "views, of the change from them) and sharpness gain (Laplacian variance inside the mask, over "
-                        "the reference). Output: one JSON object, also shown on the node.",
+                        "the reference). It needs the whole set at once: the chunks LoadViewSet outputs are joined "
+                        "(in view-index order). Output: one JSON object, also shown on the node.",
             inputs=[
                 io.Image.Input("views", tooltip="The views to score (e.g. ConfidenceBlend images)."),
                 Depth.Input("depth", optional=True,
@@ -75,19 +119,42 @@ class ViewConsistency(io.ComfyNode):
                                       tooltip="The scores as JSON: consistency.psnr, consistency.mae, colour_drift, "
                                               "sharpness_gain, reference, per_view, pairs, notes.")],
             is_output_node=True,
+            is_input_list=True,
         )
 
     @classmethod
-    def execute(cls, views: torch.Tensor, depth: DepthMaps | None = None, cameras: CamerasValue | None = None,
-                mask: torch.Tensor | None = None, reference: torch.Tensor | None = None) -> io.NodeOutput:
-        n = views.shape[0]
-        size = tuple(views.shape[1:3])
-        for what, count in (("mask", None if mask is None else mask.shape[0]),
-                            ("reference", None if reference is None else reference.shape[0]),
-                            ("depth", None if depth is None else depth.depth.shape[0]),
-                            ("cameras", None if cameras is None else len(cameras))):
+    def execute(cls, views: list, depth: list | None = None, cameras: list | None = None, mask: list | None = None,
+                reference: list | None = None) -> io.NodeOutput:
+        view_chunks = _items(views)
+        size = tuple(view_chunks[0].shape[1:3])
+        for c in view_chunks:
+            if tuple(c.shape[1:3]) != size:
+                raise ValueError(f"ViewConsistency: view chunks of different sizes {list(c.shape[1:3])} and "
+                                 f"{list(size)}")
+        all_views = torch.cat(view_chunks)
+        n = all_views.shape[0]
+        masks = _items(mask)
+        refs = _items(reference)
+        all_mask = torch.cat([_resize(m if m.dim() == 3 else m[None], size, False) for m in masks]) if masks else None
+        all_ref = torch.cat([_resize(r, size, True) for r in refs]) if refs else None
+        all_depth = _cat_depth(_items(depth)) if _items(depth) else None
+        all_cams = _cat_cameras(_items(cameras)) if _items(cameras) else None
+        for what, count in (("mask", None if all_mask is None else all_mask.shape[0]),
+                            ("reference", None if all_ref is None else all_ref.shape[0]),
+                            ("depth", None if all_depth is None else all_depth.depth.shape[0]),
+                            ("cameras", None if all_cams is None else len(all_cams))):
             if count is not None and count != n:
                 raise ValueError(f"ViewConsistency: {n} views but {count} in {what}")
-        scores = score_views(views, _resize(mask, size, False), depth, cameras, _resize(reference, size, True))
+        if all_cams is not None and all_cams.view_index is not None:
+            order = torch.argsort(all_cams.view_index)
+            all_views, all_mask, all_ref, all_depth, all_cams = (
+                _take(x, order) for x in (all_views, all_mask, all_ref, all_depth, all_cams))
+        scores = score_views(all_views, all_mask, all_depth, all_cams, all_ref)
+        if all_cams is not None and all_cams.view_index is not None:  # name views by their index in the set
+            index = all_cams.view_index.tolist()
+            for entry in scores["per_view"]:
+                entry["view"] = index[entry["view"]]
+            for pair in scores.get("pairs", []):
+                pair["i"], pair["j"] = index[pair["i"]], index[pair["j"]]
         text = json.dumps(scores, allow_nan=False)
         return io.NodeOutput(text, ui=ui.PreviewText(summary_text(scores)))

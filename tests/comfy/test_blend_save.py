@@ -1,8 +1,10 @@
 """ConfidenceBlend, ViewConsistency and SaveViewSet in a real ComfyUI, on the bundled fox sample (examples/fox).
 
 In-process: the three nodes on LoadViewSet's outputs (the "enhanced" views are the renders with red and blue
-swapped, so every taken pixel is visibly different), files and metadata on disk. Server: the same graph queued with
-a workflow in extra_data, so the PNGs carry both the prompt and the workflow like core SaveImage's.
+swapped, so every taken pixel is visibly different), files and metadata on disk, and SaveViewSet called per chunk
+as ComfyUI maps it over LoadViewSet's list of chunks. Server: the graph with LoadViewSet's chunks of 4 views
+(ConfidenceBlend and SaveViewSet run per chunk, ViewConsistency takes the whole list), queued with a workflow in
+extra_data, so the PNGs carry both the prompt and the workflow like core SaveImage's.
 """
 from __future__ import annotations
 
@@ -23,8 +25,10 @@ FOX = Path(__file__).resolve().parents[2] / "examples" / "fox"
 @pytest.fixture(scope="module")
 def fox(comfy):
     images, mask, depth, cameras, count = comfy.run("LoadViewSet", path=str(FOX), background="#808080",
-                                                    resolution=256, strip_views=0, depth_png_scale=0.0)
-    return SimpleNamespace(images=images, mask=mask, depth=depth, cameras=cameras, count=count)
+                                                    resolution=256, views_per_chunk=16, strip_views=0,
+                                                    depth_png_scale=0.0)
+    assert len(images) == 1  # one chunk of 16 views
+    return SimpleNamespace(images=images[0], mask=mask[0], depth=depth[0], cameras=cameras[0], count=count)
 
 
 def blend(comfy, fox, **kw):
@@ -108,6 +112,16 @@ def test_save_view_set_node(comfy, fox):
     assert len(cams["views"]) == 16 and cams["image_size"] == [256, 256]
     ui_images = result.ui["images"]
     assert {"filename": "view_00.png", "subfolder": sub, "type": "output"} in ui_images
+    # per chunk, as ComfyUI maps SaveViewSet over LoadViewSet's chunks: one folder, one manifest for the whole set
+    chunked = sub + "-chunks"
+    chunks = comfy.run("LoadViewSet", path=str(FOX), resolution=256, views_per_chunk=6)
+    assert [c.shape[0] for c in chunks[0]] == [6, 6, 4]
+    for images, mask, cams in zip(chunks[0], chunks[1], chunks[3]):
+        comfy.run("SaveViewSet", images=images, subfolder=chunked, mask=mask, cameras=cams)
+    merged = json.loads((comfy.output_dir / chunked / "manifest.json").read_text())
+    assert [v["index"] for v in merged["views"]] == list(range(16))
+    assert [c["views"] for c in merged["chunks"]] == [list(range(6)), list(range(6, 12)), list(range(12, 16))]
+    assert len(json.loads((comfy.output_dir / chunked / "cameras.json").read_text())["views"]) == 16
     # a second save never overwrites: it goes to a new folder
     comfy.run("SaveViewSet", images=out, subfolder=sub, mask=fox.mask, cameras=fox.cameras)
     assert (comfy.output_dir / f"{sub}_001" / "view_00.png").is_file()
@@ -126,8 +140,9 @@ def test_graph_on_a_server_embeds_prompt_and_workflow(comfy_server):
 
     sub = f"tests/server-{uuid.uuid4().hex[:6]}"
     prompt = {
-        "1": {"class_type": "LoadViewSet", "inputs": {"path": str(FOX), "background": "#808080", "resolution": 128,
-                                                      "strip_views": 0, "depth_png_scale": 0.0}},
+        "1": {"class_type": "LoadViewSet", "inputs": {"path": str(FOX), "views": "all", "background": "#808080",
+                                                      "resolution": 128, "views_per_chunk": 4, "strip_views": 0,
+                                                      "depth_png_scale": 0.0}},
         "2": {"class_type": "ImageInvert", "inputs": {"image": ["1", 0]}},
         "3": {"class_type": "ConfidenceBlend", "inputs": {
             "original": ["1", 0], "enhanced": ["2", 0], "mask": ["1", 1], "depth": ["1", 2], "cameras": ["1", 3],
@@ -163,6 +178,7 @@ def test_graph_on_a_server_embeds_prompt_and_workflow(comfy_server):
     assert json.loads(text["workflow"]) == workflow
     manifest = json.loads((comfy_server.output_dir / sub / "manifest.json").read_text())
     assert manifest["parameters"]["3 ConfidenceBlend"]["threshold"] == 0.6
-    assert manifest["scores"]["consistency"]["pairs_scored"] == 32
+    assert manifest["scores"]["consistency"]["pairs_scored"] == 32  # ViewConsistency saw all 4 chunks
+    assert [v["index"] for v in manifest["views"]] == list(range(16)) and len(manifest["chunks"]) == 4
     info = comfy_server.object_info("SaveViewSet")["SaveViewSet"]
     assert info["output_node"] is True
