@@ -226,3 +226,28 @@ def test_template_browser_serves_the_workflows(comfy_server):
             assert r.status_code == 200, f"{name}{suffix}: HTTP {r.status_code}"
     assert requests.get(f"{comfy_server.url}/api/workflow_templates/glimpse-enhance/{NAMES[0]}.json",
                         timeout=10).json() == canvas(NAMES[0])
+
+
+def _rect(node: dict) -> tuple[float, float, float, float]:
+    """x0, y0, x1, y1 of a canvas node including its 30 px title bar."""
+    (x, y), (w, h) = node["pos"], node["size"]
+    return x, y - 30, x + w, y + h
+
+
+def _overlap(a, b) -> bool:
+    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_layout_is_readable(name):
+    """No two nodes overlap, every node sits inside exactly one group, and groups do not overlap."""
+    c = canvas(name)
+    rects = {n["id"]: _rect(n) for n in c["nodes"]}
+    clashes = [(a, b) for a in rects for b in rects if a < b and _overlap(rects[a], rects[b])]
+    assert not clashes, f"overlapping nodes {clashes}"
+    groups = [(g["title"], (g["bounding"][0], g["bounding"][1], g["bounding"][0] + g["bounding"][2],
+                            g["bounding"][1] + g["bounding"][3])) for g in c["groups"]]
+    for nid, (x0, y0, x1, y1) in rects.items():
+        inside = [t for t, (gx0, gy0, gx1, gy1) in groups if gx0 <= x0 and gy0 <= y0 and x1 <= gx1 and y1 <= gy1]
+        assert len(inside) == 1, f"node {nid} is inside groups {inside}"
+    assert not [(a, b) for i, (a, ra) in enumerate(groups) for b, rb in groups[i + 1:] if _overlap(ra, rb)]
