@@ -89,8 +89,8 @@ def validate_settings(s: Settings) -> Settings:
     check_strength(s.strength)
     if not 0.0 <= s.controlnet_strength <= 2.0:
         raise ValueError(f"controlnet_strength {s.controlnet_strength} is outside [0, 2]")
-    if s.resolution < 256 or s.resolution % 64:
-        raise ValueError(f"resolution {s.resolution} must be a multiple of 64, at least 256 (long side in pixels)")
+    if s.resolution < 64 or s.resolution % 64:
+        raise ValueError(f"resolution {s.resolution} must be a multiple of 64, at least 64 (long side in pixels)")
     if s.views_per_chunk < 1:
         raise ValueError(f"views_per_chunk {s.views_per_chunk} must be at least 1")
     if s.vae_tile_size < 128 or s.vae_tile_size % 32:

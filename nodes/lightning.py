@@ -152,7 +152,7 @@ class LightningLoader(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(
-            node_id="GlimpseLightningLoader",
+            node_id="LightningLoader",
             display_name="Lightning Loader (Glimpse)",
             category="Glimpse",
             description="SDXL base + SDXL-Lightning (LoRA, full UNet, or an all-in-one checkpoint) for img2img on the "

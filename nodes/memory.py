@@ -64,7 +64,7 @@ class MemoryPreset(io.ComfyNode):
         c = PRESETS["custom"]
         custom = " Used only when preset is custom."
         return io.Schema(
-            node_id="GlimpseMemoryPreset",
+            node_id="MemoryPreset",
             display_name="Memory Preset (Glimpse)",
             category="Glimpse",
             description="Settings for a GPU budget (Lightning steps and strength, ControlNet strength and size, "
@@ -87,7 +87,7 @@ class MemoryPreset(io.ComfyNode):
                                tooltip="Share of the N grid steps to redo, in (0, 1]." + custom),
                 io.Float.Input("controlnet_strength", default=c.controlnet_strength, min=0.0, max=2.0, step=0.01,
                                tooltip="Depth ControlNet strength." + custom),
-                io.Int.Input("resolution", default=c.resolution, min=256, max=4096, step=64,
+                io.Int.Input("resolution", default=c.resolution, min=64, max=4096, step=64,
                              tooltip="Working resolution: long side in pixels, a multiple of 64." + custom),
                 io.Int.Input("views_per_chunk", default=c.views_per_chunk, min=1, max=64,
                              tooltip="Views sampled together in one batch (memory grows linearly)." + custom),

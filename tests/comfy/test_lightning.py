@@ -69,7 +69,7 @@ class Graph:
 
 
 def loader(lightning_file="none", steps="auto", strength=0.75, ckpt=CKPT, **extra) -> dict:
-    return {"1": {"class_type": "GlimpseLightningLoader",
+    return {"1": {"class_type": "LightningLoader",
                   "inputs": {"ckpt_name": ckpt, "lightning_file": lightning_file, "steps": steps,
                              "strength": strength, **extra}}}
 
@@ -171,7 +171,7 @@ def test_lightning_sources_sample_with_the_planned_number_of_evaluations(comfy, 
 def test_memory_report_after_a_run_lists_loaded_models(comfy, graph):
     model, clip, vae, sigmas, k, n = graph.run(loader(LORAS[4], "auto", 0.5), ["1"])["1"]
     _sample(comfy, model, clip, vae, sigmas, views=1)
-    settings, text = comfy.run("GlimpseMemoryPreset", preset="t4_balanced", steps="4", strength=0.75,
+    settings, text = comfy.run("MemoryPreset", preset="t4_balanced", steps="4", strength=0.75,
                                controlnet_strength=0.5, resolution=1024, views_per_chunk=1, tiled_vae=True,
                                vae_tile_size=384, unet_dtype="default", controlnet_size="small")
     print(text)
@@ -244,7 +244,7 @@ def bad_files(comfy, tmp_path_factory):
 ], ids=["sd15-lora", "sd15-unet", "strength-0", "strength-1.5", "steps-vs-name", "steps-vs-1step-name",
         "missing-lora", "missing-checkpoint", "unknown-steps"])
 def test_bad_input_is_rejected_before_any_model_loads(comfy, graph, bad_files, inputs, message):
-    cls = comfy.pack["GlimpseLightningLoader"]
+    cls = comfy.pack["LightningLoader"]
     args = dict(dict(lightning_file="none", steps="auto", strength=0.75, ckpt=CKPT), **inputs)
     prompt = loader(**args)
     valid = cls.validate_inputs(**{k: v for k, v in prompt["1"]["inputs"].items()})
@@ -266,7 +266,7 @@ def test_core_loads_the_sd15_lora_silently_which_is_why_the_loader_checks(comfy,
 
 
 def test_preset_steps_contradicting_the_file_name(comfy, graph):
-    prompt = {"2": {"class_type": "GlimpseMemoryPreset",
+    prompt = {"2": {"class_type": "MemoryPreset",
                     "inputs": {"preset": "speed", "steps": "4", "strength": 0.75, "controlnet_strength": 0.5,
                                "resolution": 1024, "views_per_chunk": 1, "tiled_vae": True, "vae_tile_size": 384,
                                "unet_dtype": "default", "controlnet_size": "small"}},
@@ -286,7 +286,7 @@ def _preset_inputs(preset, **custom):
 
 
 def test_settings_carry_strength_and_fp8_unet_dtype_into_the_loader(comfy, graph):
-    prompt = {"2": {"class_type": "GlimpseMemoryPreset", "inputs": _preset_inputs("t4_minimal")},
+    prompt = {"2": {"class_type": "MemoryPreset", "inputs": _preset_inputs("t4_minimal")},
               **loader(UNETS[4], "auto", 1.0, settings=["2", 0])}
     model, clip, vae, sigmas, k, n = graph.run(prompt, ["1"])["1"]
     assert model.model.get_dtype() == torch.float8_e4m3fn  # t4_minimal stores the UNet in fp8
@@ -295,7 +295,7 @@ def test_settings_carry_strength_and_fp8_unet_dtype_into_the_loader(comfy, graph
 
 
 def test_memory_preset_custom_fields_and_their_validation(comfy):
-    cls = comfy.pack["GlimpseMemoryPreset"]
+    cls = comfy.pack["MemoryPreset"]
     settings, text = comfy.run(cls, **_preset_inputs("custom", steps="8", strength=0.4, resolution=768,
                                                       views_per_chunk=2))
     assert (settings.preset, settings.steps, settings.strength, settings.resolution, settings.views_per_chunk) == \
@@ -316,7 +316,7 @@ def _server_prompt(preset="t4_balanced", strength=0.75):
               "views_per_chunk": 1, "tiled_vae": True, "vae_tile_size": 384, "unet_dtype": "default",
               "controlnet_size": "small"}
     return {
-        "2": {"class_type": "GlimpseMemoryPreset", "inputs": {"preset": preset, **custom}},
+        "2": {"class_type": "MemoryPreset", "inputs": {"preset": preset, **custom}},
         **loader(LORAS[4], "auto", 0.75, settings=["2", 0]),
         "3": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["1", 1], "text": "a sharp photo"}},
         "4": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},

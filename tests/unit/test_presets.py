@@ -72,6 +72,10 @@ def test_custom_preset_uses_fields_and_named_presets_ignore_them():
     assert preset_settings("quality", steps=8) == PRESETS["quality"]
     with pytest.raises(ValueError, match="resolution 1000 must be a multiple of 64"):
         preset_settings("custom", resolution=1000)
+    # CPU smoke runs work at 64-128 px; below one latent tile of 64 px nothing is valid.
+    assert preset_settings("custom", resolution=128).resolution == 128
+    with pytest.raises(ValueError, match="resolution 0 must be a multiple of 64, at least 64"):
+        preset_settings("custom", resolution=0)
     with pytest.raises(ValueError, match=r"strength 0.0 is outside \(0, 1\]"):
         preset_settings("custom", strength=0.0)
     with pytest.raises(ValueError, match="steps 3 is not"):
