@@ -232,9 +232,9 @@ class DepthControlNet(io.ComfyNode):
         aligned, notes = align_monocular(pred, depth, fg)
         for line in notes:
             log.info("DepthControlNet: %s", line)
-        if depth is None:
+        if depth is None or not bool(depth.valid.any()):  # relative units: a range of their own
             return with_set_range(aligned)
-        merged = merge_depth(depth, aligned, need)
+        merged = merge_depth(depth, aligned, need)  # aligned to metric renderer depth
         if depth.near is not None and depth.far is not None:  # keep the set-wide range a chunk was given
             return replace(merged, near=depth.near, far=depth.far)
         return with_set_range(merged)

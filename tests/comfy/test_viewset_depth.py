@@ -153,6 +153,15 @@ def test_monocular_estimator_gives_per_view_depth(comfy, viewset):
     *_, hint2 = comfy.run("DepthControlNet", positive=cond, negative=cond, control_net=cnet, depth=partial,
                           images=viewset.images, mask=viewset.mask, depth_estimator=ESTIMATOR, strength=0.5)
     assert (hint2[3][fg[3]] > 0).float().mean() > 0.95
+    # a chunk whose views all lack renderer depth (it still carries the set's metric near/far): the estimate is in
+    # relative units and gets a range of its own instead of being clamped to the metric one
+    empty = DepthMaps(depth=torch.zeros(4, 64, 64), valid=torch.zeros(4, 64, 64, dtype=torch.bool), near=d.near,
+                      far=d.far)
+    *_, hint3 = comfy.run("DepthControlNet", positive=cond, negative=cond, control_net=cnet, depth=empty,
+                          images=viewset.images[:4], mask=viewset.mask[:4], depth_estimator=ESTIMATOR, strength=0.5)
+    fg4 = fg[:4]
+    assert (hint3[~fg4] == 0).all() and float(hint3[fg4].max()) == pytest.approx(1.0)
+    assert float(hint3[fg4][:, 0].std()) > 0.05
     others = torch.arange(16) != 3
     assert torch.equal(hint2[others], comfy.run("DepthControlNet", positive=cond, negative=cond, control_net=cnet,
                                                 depth=d, strength=0.5)[2][others])
