@@ -22,6 +22,11 @@ import time
 import uuid
 from pathlib import Path
 
+# glimpse before ComfyUI starts: start_in_process takes the repo root off sys.path, and on a machine where the
+# package is not installed (the GPU image) it is importable only from there
+import glimpse.lightning  # noqa: F401  (executed_steps)
+from glimpse.presets import PRESETS
+
 from .common import (
     MEMORY_PRESET_IDS,
     PARTS,
@@ -73,8 +78,6 @@ def adapt(workflow: dict, set_dir: Path, views: int, resolution: int, subfolder:
     presets = nodes_of(wf, MEMORY_PRESET_IDS)
     if resolution >= 256 or not presets:
         for nid in presets:  # a named preset ignores its fields: custom with the named preset's values + resolution
-            from glimpse.presets import PRESETS
-
             inputs = wf[nid]["inputs"]
             named = PRESETS.get(inputs.get("preset"))
             if named is not None and inputs.get("preset") != "custom":
@@ -99,7 +102,7 @@ def adapt(workflow: dict, set_dir: Path, views: int, resolution: int, subfolder:
 
 
 # node ids renamed while the pack settled (team notes 10:15): a workflow with either spelling runs on a pack with the other
-ALIASES = {"MemoryPreset": "GlimpseMemoryPreset", "LightningLoader": "GlimpseLightningLoader"}
+ALIASES = {"MemoryPreset": "MemoryPreset", "LightningLoader": "LightningLoader"}
 ALIASES.update({v: k for k, v in ALIASES.items()})
 
 
