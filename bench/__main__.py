@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import platform
+import signal
 import subprocess
 import sys
 import tempfile
@@ -102,8 +103,11 @@ def markdown(result: dict) -> str:
               "|---|---|---|---|---|---|---|---|"]
     for name, c in result["configs"].items():
         o = c.get("ours", {}).get("split_per_view_s")
+        d = c.get("ours", {}).get("sampling_detail_s")
         if o:
-            lines.append(f"| {name} | ours | {o['vae_encode']:.3f} | {o['sampling']:.3f} | {o['vae_decode']:.3f} | "
+            views = c["ours"]["views"]
+            detail = f" (UNet {d['unet'] / views:.3f}, CN {d['controlnet'] / views:.3f})" if d else ""
+            lines.append(f"| {name} | ours | {o['vae_encode']:.3f} | {o['sampling']:.3f}{detail} | {o['vae_decode']:.3f} | "
                          f"{o['ours']:.3f} | {o['text_encode']:.3f} | {o['other'] + o['loaders']:.3f} |")
         s = c.get("baseline", {}).get("split_per_view_s")
         if s:
@@ -122,6 +126,10 @@ def markdown(result: dict) -> str:
     if errors:
         lines += ["", f"Errors: {json.dumps(errors)}"]
     return "\n".join(lines) + "\n"
+
+
+def _terminated(signum, frame):
+    raise SystemExit(128 + signum)  # subprocess.run kills its child on the way out; results so far are on disk
 
 
 def _write(path: Path, result: dict) -> str:
@@ -147,6 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--per-set-views", type=int, default=16)
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="bench: %(message)s")
+    signal.signal(signal.SIGTERM, _terminated)  # `timeout` in gpu.sh: stop the running child too
     cuda = args.device == "cuda"
     resolution = args.resolution or (1024 if cuda else 128)
     views = args.views or (16 if cuda else 4)

@@ -19,7 +19,7 @@ GIB = 1024 ** 3
 
 # bench config name -> bundled workflow (workflows/api/glimpse_enhance_<name>.json) and its MemoryPreset preset
 CONFIGS = {"t4": "t4_balanced", "speed": "speed", "quality": "quality"}
-MEMORY_PRESET_IDS = ("MemoryPreset", "GlimpseMemoryPreset")
+MEMORY_PRESET_IDS = ("MemoryPreset", "GlimpseMemoryPreset")  # the id before the 10:15 rename too
 
 # node class -> time-split part (the rest of this pack is "ours", anything else "other")
 PARTS = {

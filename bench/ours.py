@@ -64,7 +64,8 @@ class _Sink:
         pass
 
 
-def adapt(workflow: dict, set_dir: Path, views: int, resolution: int, subfolder: str) -> tuple[dict, list[str]]:
+def adapt(workflow: dict, settings, set_dir: Path, views: int, resolution: int,
+          subfolder: str) -> tuple[dict, list[str]]:
     """The workflow on this view set at this resolution; returns it and a line per change made."""
     wf = copy.deepcopy(workflow)
     changes = []
@@ -94,8 +95,10 @@ def adapt(workflow: dict, set_dir: Path, views: int, resolution: int, subfolder:
         if isinstance(lv.get("settings"), list):
             del lv["settings"]
             changes.append(f"LoadViewSet {loaders[0]}: settings unlinked (resolution {resolution} < MemoryPreset's "
-                           "minimum 256), views in one chunk")
+                           f"minimum 256); its own resolution {resolution} and views_per_chunk "
+                           f"{settings.views_per_chunk} (the preset's) instead")
         lv["resolution"] = resolution
+        lv["views_per_chunk"] = settings.views_per_chunk
     for nid in nodes_of(wf, "SaveViewSet"):
         wf[nid]["inputs"]["subfolder"] = subfolder
     return wf, changes
@@ -160,23 +163,36 @@ def main(argv: list[str] | None = None) -> int:
     clock = Clock(args.device)
     original = execution.get_output_data
 
-    async def timed_get_output_data(prompt_id, unique_id, obj, *a, **kw):
+    items: dict[str, int] = {}  # calls of the node's function: one per list item (chunk), once for list inputs
+
+    async def timed_get_output_data(prompt_id, unique_id, obj, input_data_all, *a, **kw):
         cls = obj if isinstance(obj, type) else type(obj)
         name = class_of.get(cls, getattr(cls, "__name__", str(cls)))
+        n = 1 if getattr(cls, "INPUT_IS_LIST", False) else max((len(v) for v in input_data_all.values()), default=1)
+        items[name] = items.get(name, 0) + n
         if args.device == "cuda":
             torch.cuda.synchronize()
         t = time.perf_counter()
         try:
-            return await original(prompt_id, unique_id, obj, *a, **kw)
+            return await original(prompt_id, unique_id, obj, input_data_all, *a, **kw)
         finally:
             if args.device == "cuda":
                 torch.cuda.synchronize()
             clock.add(name, time.perf_counter() - t)
 
     execution.get_output_data = timed_get_output_data
+    # inside the sampler: the UNet (BaseModel.apply_model) and the ControlNet (get_control), timed the same way, and
+    # the UNet calls counted (executed steps x chunks)
+    from comfy import controlnet as comfy_controlnet
+    from comfy import model_base as comfy_model_base
+
+    inner = Clock(args.device)
+    comfy_model_base.BaseModel.apply_model = inner.wrap("unet", comfy_model_base.BaseModel.apply_model)
+    for cls in (comfy_controlnet.ControlNet, comfy_controlnet.T2IAdapter):
+        cls.get_control = inner.wrap("controlnet", cls.get_control)
     executor = execution.PromptExecutor(_Sink(), cache_type=execution.CacheType.CLASSIC)
 
-    wf, changes = adapt(workflow, args.set.resolve(), args.views, args.resolution, f"bench_{args.config}")
+    wf, changes = adapt(workflow, settings, args.set.resolve(), args.views, args.resolution, f"bench_{args.config}")
     changes += _node_id_aliases(wf, nodes.NODE_CLASS_MAPPINGS)
     seeds = _seed_nodes(wf)
     loadviewset = nodes_of(wf, "LoadViewSet")[0]
@@ -191,6 +207,8 @@ def main(argv: list[str] | None = None) -> int:
         if not valid[0]:
             raise RuntimeError(f"{args.config}: the workflow failed validation: {valid[1]} {valid[3]}")
         clock.reset()
+        inner.reset()
+        items.clear()
         t = time.perf_counter()
         executor.execute(prompt, prompt_id, {}, valid[2])
         if args.device == "cuda":
@@ -199,7 +217,8 @@ def main(argv: list[str] | None = None) -> int:
         if not executor.success:
             errors = [m for m in executor.status_messages if m[0] == "execution_error"]
             raise RuntimeError(f"{args.config}: run {i} failed: {errors[-1][1] if errors else 'unknown error'}")
-        runs.append({"wall_s": wall, "nodes": dict(clock.seconds), "calls": dict(clock.calls)})
+        runs.append({"wall_s": wall, "nodes": dict(clock.seconds), "calls": dict(items),
+                     "inner": dict(inner.seconds), "inner_calls": dict(inner.calls)})
         logging.info("bench ours %s run %d: %.2f s for %d views", args.config, i, wall, args.views)
 
     def split(node_times: dict) -> dict:
@@ -232,6 +251,9 @@ def main(argv: list[str] | None = None) -> int:
         "s_per_view": wall / args.views,
         "split_s": parts,
         "split_per_view_s": {k: v / args.views for k, v in parts.items()},
+        "sampling_detail_s": {"unet": pick["inner"].get("unet", 0.0), "controlnet": pick["inner"].get("controlnet", 0.0)},
+        "unet_calls": pick["inner_calls"].get("unet", 0),
+        "sampler_calls": pick["calls"].get("SamplerCustomAdvanced", 0) + pick["calls"].get("KSamplerAdvanced", 0),
         "nodes_s": node_split,
         "node_calls": pick["calls"],
         "first_run_nodes_s": runs[0]["nodes"],

@@ -40,6 +40,10 @@ def test_bench_cpu_tiny(models_dir, tmp_path):
         assert side["executed_steps"] == 3  # t4 preset: 4-step grid at strength 0.75
     assert t4["ratio"] == ours["s_per_view"] / base["s_per_view"]
     assert base["unet_calls_per_view"] == 3
+    assert ours["unet_calls"] == 3 * ours["sampler_calls"] > 0  # 3 UNet steps per chunk of views
+    detail = ours["sampling_detail_s"]
+    assert 0 < detail["unet"] and 0 < detail["controlnet"]
+    assert detail["unet"] + detail["controlnet"] <= ours["split_s"]["sampling"]
 
     # ours: measured per node; the parts add up to at most the prompt's wall time
     split = ours["split_s"]
@@ -50,6 +54,7 @@ def test_bench_cpu_tiny(models_dir, tmp_path):
     assert {"LoadViewSet", "DepthControlNet", "ConfidenceBlend", "SamplerCustomAdvanced"} <= set(ours["nodes_s"])
     assert ours["loader_nodes_s"] > 0 and ours["load_s"] >= ours["loader_nodes_s"]
     assert any("settings unlinked" in c for c in ours["graph_changes"]), "64 px is below MemoryPreset's minimum"
+    assert ours["node_calls"]["SamplerCustomAdvanced"] == 2, "t4: one view per chunk, as the preset says"
     # baseline: module calls timed inside the diffusers pipeline
     assert set(base["split_s"]) == {"vae_encode", "unet", "controlnet", "vae_decode", "other"}
     assert all(v > 0 for k, v in base["split_s"].items() if k != "other")
