@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import logging
 import os
+import weakref
+from collections import OrderedDict
 
 import torch
 
@@ -70,8 +72,23 @@ def _templates(user_templates: str | None) -> tuple[dict[str, Template] | None, 
     return load_user_templates(path), user_templates
 
 
+# Recent encodings per CLIP object. LoadViewSet hands its cameras over in chunks, so ComfyUI runs this node once per
+# chunk (and once per chunk prompt of the headless runner); without this memo every chunk re-encoded the same few
+# texts (about 7 s each on CPU). Keyed weakly on the CLIP object: a patched CLIP is a clone, so it never hits an old
+# entry, and a CLIP that ComfyUI drops takes its entries with it.
+_ENCODED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_ENCODED_PER_CLIP = 16
+
+
 def _encode(clip, text: str) -> list:
-    return clip.encode_from_tokens_scheduled(clip.tokenize(text))
+    memo = _ENCODED.setdefault(clip, OrderedDict())
+    if text in memo:
+        memo.move_to_end(text)
+        return memo[text]
+    cond = memo[text] = clip.encode_from_tokens_scheduled(clip.tokenize(text))
+    if len(memo) > _ENCODED_PER_CLIP:
+        memo.popitem(last=False)
+    return cond
 
 
 def _batch(conds: list[list], index: list[int]) -> list:

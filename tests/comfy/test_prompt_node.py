@@ -95,6 +95,21 @@ def test_cameras_give_one_conditioning_per_view_in_view_order(comfy, vega):
     assert torch.equal(pos[0][0][0], pos[0][0][1]) and not torch.equal(pos[0][0][0], pos[0][0][8])
 
 
+def test_chunks_of_one_set_reuse_the_encodings(comfy, vega):
+    """LoadViewSet hands cameras over in chunks and ComfyUI runs the node once per chunk: the texts are still
+    encoded once for the set, and each chunk gets the conditioning of its own views."""
+    from glimpse.cameras import select_cameras
+
+    clip = counting_clip(vega.clip)
+    cams = syncdreamer_cameras()
+    chunks = [comfy.run("GlimpsePrompt", clip=clip, template="default", subject="a fox", extra="",
+                        cameras=select_cameras(cams, range(start, start + 4))) for start in range(0, 16, 4)]
+    assert clip.encodes == 4
+    (whole, *_) = comfy.run("GlimpsePrompt", clip=clip, template="default", subject="a fox", extra="", cameras=cams)
+    assert clip.encodes == 4
+    assert torch.equal(torch.cat([c[0][0][0] for c in chunks]), whole[0][0])
+
+
 def test_front_azimuth_moves_the_front(comfy, vega):
     *_, pos_text, _ = comfy.run("GlimpsePrompt", clip=vega.clip, template="default", subject="", extra="",
                                 cameras=syncdreamer_cameras(), front_azimuth=180.0)
