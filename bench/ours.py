@@ -25,7 +25,7 @@ from pathlib import Path
 # glimpse before ComfyUI starts: start_in_process takes the repo root off sys.path, and on a machine where the
 # package is not installed (the GPU image) it is importable only from there
 import glimpse.lightning  # noqa: F401  (executed_steps)
-from glimpse.presets import PRESETS
+from glimpse.presets import PRESETS, preset_settings
 
 from .common import (
     MEMORY_PRESET_IDS,
@@ -77,25 +77,31 @@ def adapt(workflow: dict, settings, set_dir: Path, views: int, resolution: int,
     if "views" in lv:
         lv["views"] = f"0-{views - 1}"
     presets = nodes_of(wf, MEMORY_PRESET_IDS)
-    if resolution >= 256 or not presets:
+    try:  # MemoryPreset's own check of a custom resolution
+        preset_settings("custom", resolution=resolution)
+        preset_takes_it = True
+    except ValueError:
+        preset_takes_it = False
+    if preset_takes_it or not presets:
         for nid in presets:  # a named preset ignores its fields: custom with the named preset's values + resolution
             inputs = wf[nid]["inputs"]
             named = PRESETS.get(inputs.get("preset"))
-            if named is not None and inputs.get("preset") != "custom":
-                for k, v in vars(named).items():
-                    if k in inputs and k != "preset":
-                        inputs[k] = str(v) if k == "steps" else v
-                inputs["preset"] = "custom"
-            if inputs.get("resolution") != resolution:
+            current = named.resolution if named is not None else inputs.get("resolution")
+            if current != resolution:
+                if named is not None and inputs.get("preset") != "custom":
+                    for k, v in vars(named).items():
+                        if k in inputs and k != "preset":
+                            inputs[k] = str(v) if k == "steps" else v
+                    inputs["preset"] = "custom"
                 inputs["resolution"] = resolution
                 changes.append(f"MemoryPreset {nid}: preset custom ({named.preset if named else 'custom'} values), "
                                f"resolution {resolution}")
         lv["resolution"] = resolution
-    else:  # MemoryPreset takes 256 px at least: below that, LoadViewSet sets the size itself
+    else:  # a size MemoryPreset refuses: LoadViewSet sets it itself
         if isinstance(lv.get("settings"), list):
             del lv["settings"]
-            changes.append(f"LoadViewSet {loaders[0]}: settings unlinked (resolution {resolution} < MemoryPreset's "
-                           f"minimum 256); its own resolution {resolution} and views_per_chunk "
+            changes.append(f"LoadViewSet {loaders[0]}: settings unlinked (MemoryPreset refuses resolution "
+                           f"{resolution}); its own resolution {resolution} and views_per_chunk "
                            f"{settings.views_per_chunk} (the preset's) instead")
         lv["resolution"] = resolution
         lv["views_per_chunk"] = settings.views_per_chunk
