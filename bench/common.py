@@ -19,7 +19,6 @@ GIB = 1024 ** 3
 
 # bench config name -> bundled workflow (workflows/api/glimpse_enhance_<name>.json) and its MemoryPreset preset
 CONFIGS = {"t4": "t4_balanced", "speed": "speed", "quality": "quality"}
-MEMORY_PRESET_IDS = ("MemoryPreset", "GlimpseMemoryPreset")  # the id before the 10:15 rename too
 
 # node class -> time-split part (the rest of this pack is "ours", anything else "other")
 PARTS = {
@@ -86,7 +85,7 @@ def settings_of(workflow: dict, config: str):
     """The glimpse Settings the workflow's MemoryPreset stands for (a named preset, or its custom fields)."""
     from glimpse.presets import preset_settings
 
-    ids = nodes_of(workflow, MEMORY_PRESET_IDS)
+    ids = nodes_of(workflow, "MemoryPreset")
     if not ids:
         return preset_settings(CONFIGS[config])
     inputs = workflow[ids[0]]["inputs"]

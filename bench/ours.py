@@ -28,7 +28,6 @@ import glimpse.lightning  # noqa: F401  (executed_steps)
 from glimpse.presets import PRESETS, preset_settings
 
 from .common import (
-    MEMORY_PRESET_IDS,
     PARTS,
     REPO,
     SPLIT_PARTS,
@@ -76,7 +75,7 @@ def adapt(workflow: dict, settings, set_dir: Path, views: int, resolution: int,
     lv["path"] = str(set_dir)
     if "views" in lv:
         lv["views"] = f"0-{views - 1}"
-    presets = nodes_of(wf, MEMORY_PRESET_IDS)
+    presets = nodes_of(wf, "MemoryPreset")
     try:  # MemoryPreset's own check of a custom resolution
         preset_settings("custom", resolution=resolution)
         preset_takes_it = True
@@ -108,21 +107,6 @@ def adapt(workflow: dict, settings, set_dir: Path, views: int, resolution: int,
     for nid in nodes_of(wf, "SaveViewSet"):
         wf[nid]["inputs"]["subfolder"] = subfolder
     return wf, changes
-
-
-# node ids renamed while the pack settled (team notes 10:15): a workflow with either spelling runs on a pack with the other
-ALIASES = {"MemoryPreset": "MemoryPreset", "LightningLoader": "LightningLoader"}
-ALIASES.update({v: k for k, v in ALIASES.items()})
-
-
-def _node_id_aliases(wf: dict, known: dict) -> list[str]:
-    changes = []
-    for nid, node in wf.items():
-        alias = ALIASES.get(node["class_type"])
-        if node["class_type"] not in known and alias in known:
-            changes.append(f"node {nid}: class {node['class_type']} -> {alias} (the pack's id)")
-            node["class_type"] = alias
-    return changes
 
 
 def _seed_nodes(wf: dict) -> list[tuple[str, str]]:
@@ -199,7 +183,6 @@ def main(argv: list[str] | None = None) -> int:
     executor = execution.PromptExecutor(_Sink(), cache_type=execution.CacheType.CLASSIC)
 
     wf, changes = adapt(workflow, settings, args.set.resolve(), args.views, args.resolution, f"bench_{args.config}")
-    changes += _node_id_aliases(wf, nodes.NODE_CLASS_MAPPINGS)
     seeds = _seed_nodes(wf)
     loadviewset = nodes_of(wf, "LoadViewSet")[0]
     runs = []
