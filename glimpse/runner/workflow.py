@@ -48,8 +48,8 @@ MEMORY_PRESET = "MemoryPreset"
 # LightningLoader's strength is ignored when GLIMPSE_SETTINGS are wired in, and a named MemoryPreset ignores its own
 # fields, so --strength also goes to MemoryPreset, which the runner then turns into preset "custom" holding the named
 # preset's values plus the override (see ``_customise_presets``). --resolution goes to LoadViewSet only, whose settings
-# link is removed (settings would win): MemoryPreset's resolution starts at 256, and CPU previews and tests run at
-# 64-128 px; LoadViewSet then uses its own views_per_chunk, which the bundled workflows keep equal to the preset's.
+# link is removed (connected settings would win over it), so the preset's other fields stay untouched; LoadViewSet
+# then uses its own views_per_chunk, which the bundled workflows keep equal to the preset's.
 OVERRIDES: tuple[Override, ...] = (
     Override("path", (("LoadViewSet", "path"),), "view set folder, relative to ComfyUI's input folder"),
     Override("views", (("LoadViewSet", "views"),), "selection of views for one chunk, e.g. 4-7"),

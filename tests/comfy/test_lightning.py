@@ -304,7 +304,7 @@ def test_memory_preset_custom_fields_and_their_validation(comfy):
     named, _ = comfy.run(cls, **_preset_inputs("quality", steps="8"))
     assert (named.steps, named.strength, named.controlnet_size) == (4, 0.65, "full")  # custom fields ignored
     assert cls.validate_inputs(**_preset_inputs("custom", resolution=1000)) == \
-        "resolution 1000 must be a multiple of 64, at least 256 (long side in pixels)"
+        "resolution 1000 must be a multiple of 64, at least 64 (long side in pixels)"
     assert "strength 0.0 is outside (0, 1]" in cls.validate_inputs(**_preset_inputs("custom", strength=0.0))
     assert cls.validate_inputs(**_preset_inputs("t4_balanced")) is True
 

@@ -6,7 +6,7 @@
 * Every node type exists in the server's /object_info; every model file name is an official one that the server
   lists (the fixtures are linked under those names); the runner accepts the twin and applies all its overrides.
 * Each API twin runs end to end on the fox sample set with the Vega-size fixtures on CPU, at 128 px (LoadViewSet's
-  settings link is cut so its own resolution applies; MemoryPreset's resolution starts at 256): 16 views for the
+  settings link is cut so its own resolution applies, as the runner's --resolution does): 16 views for the
   default workflow, a selection of views for the others.
 """
 from __future__ import annotations

@@ -24,7 +24,7 @@ def test_every_option_lands_on_its_class_and_input():
     wf, applied = apply_overrides(SET_WF, values)
     assert wf["1"]["inputs"] == {"path": "glimpse/abc", "views": "4-7", "resolution": 768}
     # strength reaches the preset, which becomes custom with the speed preset's other values; the resolution goes to
-    # LoadViewSet alone, whose settings link is cut (settings would win; MemoryPreset starts at 256 px)
+    # LoadViewSet alone, whose settings link is cut (connected settings would win)
     assert wf["2"]["inputs"] == {"preset": "custom", "steps": "2", "strength": 0.5, "resolution": 768,
                                  "views_per_chunk": 4}
     assert wf["3"]["inputs"] == {"steps": "2", "strength": 0.5, "settings": ["2", 0]}
