@@ -180,10 +180,12 @@ def preset_chunk(workflow: dict) -> int:
 def compute_scores(job: SetJob) -> dict:
     """The set's scores (glimpse.consistency) for the manifest; a failure is recorded, never fatal to the run."""
     try:
-        from .scores import score_output
+        from ..score import score_folders
 
         t0 = time.monotonic()
-        scores = score_output(job.out_dir, job.folder, job.views)
+        # the enhanced views against the set they came from, exactly as `glimpse-enhance score` scores them
+        scores = score_folders(job.out_dir, job.folder)
+        scores.pop("pairs", None)  # per-pair details stay out of the manifest; per_view keeps the per-view means
         scores["seconds"] = round(time.monotonic() - t0, 3)
         return scores
     except Exception as e:  # scoring is a report: the views are on disk either way
