@@ -446,6 +446,16 @@ class ComfyServer:
     def tail(self, n: int = 60) -> str:
         return "\n".join(self.log().splitlines()[-n:])
 
+    def unload_models(self) -> None:
+        """Have the server unload every model it holds, so the next prompt logs its own model loads.
+
+        ComfyUI reads the /free flags in its worker loop after the prompt it is running, if any; a flag-free prompt
+        queued behind them is therefore only finished once the flags have taken effect."""
+        r = self._requests.post(self.url + "/free", json={"unload_models": True}, timeout=60)
+        r.raise_for_status()
+        self.queue({"1": {"class_type": "PrimitiveString", "inputs": {"value": uuid.uuid4().hex}},
+                    "2": {"class_type": "PreviewAny", "inputs": {"source": ["1", 0]}}})
+
     def object_info(self, node_id: str | None = None) -> dict:
         r = self._requests.get(self.url + "/object_info" + (f"/{node_id}" if node_id else ""), timeout=60)
         r.raise_for_status()

@@ -65,6 +65,8 @@ def test_object_info_lists_every_pack_node_with_tooltips(comfy_server, pack_node
 
 def test_vega_graph_through_post_prompt_saves_a_png(comfy_server):
     ckpt = vega_checkpoint(comfy_server)
+    comfy_server.unload_models()  # earlier tests may hold this checkpoint, or another UNet, loaded
+    log_start = len(comfy_server.log())
     entry = comfy_server.queue(prompt_graph(ckpt))
     comfy_server.timings["vega graph, first prompt"] = comfy_server.last_prompt_s
     assert entry["status"]["status_str"] == "success"
@@ -78,7 +80,8 @@ def test_vega_graph_through_post_prompt_saves_a_png(comfy_server):
     # UNet is about 2.8 GiB in fp32, the full SDXL UNet about 9.6 GiB.
     log = comfy_server.log()
     assert "model_type EPS" in log and "Requested to load SDXLClipModel" in log
-    loaded = re.search(r"^Requested to load SDXL\nloaded completely \S+ ([0-9.]+) ", log, re.M)
+    # Only this prompt's own UNet load tells its size: earlier tests load other UNets (fp8, LoRA-patched) first.
+    loaded = re.search(r"^Requested to load SDXL\nloaded completely \S+ ([0-9.]+) ", log[log_start:], re.M)
     assert loaded, "the server log does not report loading an SDXL UNet"
     assert 2000 < float(loaded.group(1)) < 4000, f"UNet of {loaded.group(1)} MiB is not the Vega layout"
 
