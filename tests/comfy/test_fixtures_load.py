@@ -25,6 +25,7 @@ UNETS = [f"sdxl_lightning_{s}.safetensors" for s in ("1step_unet_x0", "2step_une
 CN_FULL = "controlnet-depth-sdxl-1.0.safetensors"
 CN_SMALL = "controlnet-depth-sdxl-1.0-small.safetensors"
 T2I = "t2i-adapter-depth-midas-sdxl-1.0.safetensors"
+CN_UNION = "controlnet-union-sdxl-1.0_promax.safetensors"
 # (a real `clip missing` is a warning, which the harness catches; at debug level ComfyUI lists only CLIP-L's
 # logit_scale and text_projection, which SDXL checkpoints never carry)
 DEBUG_PROBLEMS = ("left over keys", "Leftover VAE keys", "clip unexpected", "unexpected controlnet keys",
@@ -116,7 +117,7 @@ def test_file_names_are_the_official_ones(comfy, fixture_size):
     assert CHECKPOINT in fp.get_filename_list("checkpoints")
     assert set(LORAS) <= set(fp.get_filename_list("loras"))
     assert set(UNETS) <= set(fp.get_filename_list("diffusion_models"))
-    assert {CN_FULL, CN_SMALL, T2I} <= set(fp.get_filename_list("controlnet"))
+    assert {CN_FULL, CN_SMALL, T2I, CN_UNION} <= set(fp.get_filename_list("controlnet"))
 
 
 def test_vega_checkpoint_loads_every_key_as_segmind_vega(comfy, sdxl):
@@ -170,7 +171,8 @@ def test_lightning_unet_loads_as_sdxl_family(comfy, sdxl, name):
     comfy.free()
 
 
-@pytest.mark.parametrize("name,kind", [(CN_FULL, "ControlNet"), (CN_SMALL, "ControlNet"), (T2I, "T2IAdapter")])
+@pytest.mark.parametrize("name,kind", [(CN_FULL, "ControlNet"), (CN_SMALL, "ControlNet"), (T2I, "T2IAdapter"),
+                                       (CN_UNION, "ControlNet")])
 def test_control_models_load_every_key_and_change_the_sample(comfy, sdxl, name, kind):
     with debug_log() as lines:
         (cnet,) = comfy.run("ControlNetLoader", control_net_name=name)

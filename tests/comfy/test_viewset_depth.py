@@ -1,9 +1,9 @@
 """LoadViewSet and DepthControlNet in a real ComfyUI, on ../shared/data/sample_views/256 at 64x64, with the Vega-size
-SDXL fixture and each fixture depth ControlNet (full, small, T2I-Adapter), plus the monocular path with the fixture
-Depth Anything estimator.
+SDXL fixture and each fixture depth ControlNet (full, small, T2I-Adapter, ControlNet Union promax through core
+SetUnionControlNetType), plus the monocular path with the fixture Depth Anything estimator.
 
-Graph: LoadViewSet -> VAEEncode; CLIPTextEncode x2; ControlNetLoader -> DepthControlNet -> KSamplerAdvanced. The
-control counts as applied when the sampled latent differs from the same graph at strength 0.
+Graph: LoadViewSet -> VAEEncode; CLIPTextEncode x2; ControlNetLoader [-> SetUnionControlNetType] -> DepthControlNet ->
+KSamplerAdvanced. The control counts as applied when the sampled latent differs from the same graph at strength 0.
 """
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ CONTROLNETS = {
     "small": "controlnet-depth-sdxl-1.0-small.safetensors",
     "t2i-adapter": "t2i-adapter-depth-midas-sdxl-1.0.safetensors",
 }
+UNION = "controlnet-union-sdxl-1.0_promax.safetensors"
 ESTIMATOR = "depth-anything-small"
 VIEWS = 4  # views sampled per graph (all 16 are loaded and hinted)
 
@@ -119,6 +120,50 @@ def test_depth_controlnet_applies_the_control(comfy, vega, viewset, kind, assert
     assert_finite(controlled)
     assert controlled.shape == base.shape == latent["samples"].shape
     assert (controlled - base).abs().max() > 1e-3
+
+
+def test_depth_controlnet_applies_union_promax_as_depth(comfy, vega, viewset, assert_finite):
+    """ControlNetLoader(union promax) -> SetUnionControlNetType(depth) -> DepthControlNet: the loaded model is the
+    union variant, the control DepthControlNet puts in the conditioning keeps the depth type, and it changes the
+    sample, differently from the same union model with no type set ('auto')."""
+    from comfy.cldm.control_types import UNION_CONTROLNET_TYPES
+
+    (cnet,) = comfy.run("ControlNetLoader", control_net_name=UNION)
+    model = cnet.control_model
+    assert model.task_embedding is not None and model.control_add_embedding is not None  # a plain ControlNet has None
+    assert model.num_control_type == 8 and tuple(model.task_embedding.shape) == (8, 320)  # promax: 8 types
+    (typed,) = comfy.run("SetUnionControlNetType", control_net=cnet, type="depth")
+    (auto,) = comfy.run("SetUnionControlNetType", control_net=cnet, type="auto")
+    depth_type = [UNION_CONTROLNET_TYPES["depth"]]
+    assert typed.extra_args["control_type"] == depth_type and auto.extra_args["control_type"] == []
+    (latent,) = comfy.run("VAEEncode", pixels=viewset.images[:VIEWS], vae=vega.vae)
+    depth = DepthMaps(depth=viewset.depth.depth[:VIEWS], valid=viewset.depth.valid[:VIEWS],
+                      near=viewset.depth.near, far=viewset.depth.far)
+    pos0, neg0, _ = comfy.run("DepthControlNet", positive=vega.pos, negative=vega.neg, control_net=typed, depth=depth,
+                              strength=0.0)
+    assert pos0 is vega.pos and neg0 is vega.neg
+    args = dict(depth=depth, strength=0.5, start_percent=0.0, end_percent=1.0, normalisation="shared_inverse",
+                vae=vega.vae)
+    pos, neg, hint = comfy.run("DepthControlNet", positive=vega.pos, negative=vega.neg, control_net=typed, **args)
+    assert hint.shape == (VIEWS, 64, 64, 3)
+    for cond in (pos, neg):
+        control = cond[0][1]["control"]
+        assert control.control_model is model and control.extra_args["control_type"] == depth_type
+    pos_auto, neg_auto, _ = comfy.run("DepthControlNet", positive=vega.pos, negative=vega.neg, control_net=auto, **args)
+    base = sample(comfy, vega, pos0, neg0, latent)
+    controlled = sample(comfy, vega, pos, neg, latent)
+    untyped = sample(comfy, vega, pos_auto, neg_auto, latent)
+    del cnet, model, typed, auto, pos, neg, pos_auto, neg_auto
+    comfy.free()  # the union ControlNet alone is 5 GiB in fp32
+    assert_finite(controlled)
+    assert_finite(untyped)
+    assert controlled.shape == base.shape == latent["samples"].shape
+    change, type_change = (controlled - base).abs().max().item(), (controlled - untyped).abs().max().item()
+    print(f"union promax as depth: max |latent change| {change:.3g} vs strength 0, {type_change:.3g} vs type auto "
+          f"(relative {((controlled - base).norm() / base.norm()).item():.3g}, "
+          f"{((controlled - untyped).norm() / untyped.norm()).item():.3g})")
+    assert change > 1e-3
+    assert type_change > 1e-3, "the depth type has no effect: the union path is not used"
 
 
 def test_hint_of_a_chunk_matches_the_full_set(comfy, viewset):

@@ -164,6 +164,7 @@ def test_catalog_official_names_and_both_sets_alike():
         assert {"controlnet/controlnet-depth-sdxl-1.0.safetensors",
                 "controlnet/controlnet-depth-sdxl-1.0-small.safetensors",
                 "controlnet/t2i-adapter-depth-midas-sdxl-1.0.safetensors",
+                "controlnet/controlnet-union-sdxl-1.0_promax.safetensors",
                 "depth_estimators/depth-anything-small/config.json"} <= set(targets)
         for f in fixtures:
             assert all(p.is_file() for p in f.source_paths()), f.name
