@@ -13,7 +13,7 @@ import numpy as np
 from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
-FOX = REPO / "examples" / "fox"
+FOX = REPO / "samples" / "fox"
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 GIB = 1024 ** 3
 
@@ -34,7 +34,7 @@ SPLIT_PARTS = ("vae_encode", "sampling", "vae_decode", "ours", "text_encode", "l
 
 
 def build_view_set(dst: Path, size: int, views: int = 16, src: Path = FOX) -> Path:
-    """The sample set (examples/fox, 16 views) resized to ``size`` px into ``dst``, as a renderer at that size would
+    """The sample set (samples/fox, 16 views) resized to ``size`` px into ``dst``, as a renderer at that size would
     write it: RGBA views, masks, float32 .npz depth (nearest), the same cameras.json. Returns ``dst``."""
     dst.mkdir(parents=True, exist_ok=True)
     for i in range(views):

@@ -4,7 +4,7 @@ in all). Formerly bench/viewset_load.py (scan + load + hint) and bench/blend_sco
 
     python -m bench.per_set [--size 1024] [--views 16] [--repeat 3] [--threads N] [--out F.json]
 
-The set is the sample (examples/fox) written at the size as a renderer would (bench.common.build_view_set). Each
+The set is the sample (samples/fox) written at the size as a renderer would (bench.common.build_view_set). Each
 part is timed ``--repeat`` times; the JSON holds the best wall time and its CPU time per part:
 
 - ``scan``: header-only validation of the folder; ``load``: decode, composite, letterbox at the working size;

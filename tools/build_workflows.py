@@ -196,7 +196,7 @@ def _usage_note(v: Variant) -> str:
     return (f"## {v.title}\n\n{v.summary}\n\n"
             "1. **Load View Set** `path`: a view-set folder (`cameras.json`, `view_XX.png`, optional "
             "`view_XX_depth.npz|npy|exr|png`, `view_XX_mask.png`), absolute or inside `ComfyUI/input/`. The pack's "
-            "`examples/fox` is one. `views` picks some views (`0-3,8`) or `all`.\n"
+            "`samples/fox` is one. `views` picks some views (`0-3,8`) or `all`.\n"
             "2. **Glimpse Prompt** `subject`: what the object is (\"a low-poly red fox\").\n"
             "3. **Queue**. Results go to `ComfyUI/output/glimpse/`: `view_XX.png`, `confidence_XX.png`, "
             "`cameras.json`, `manifest.json` (a new `glimpse_NNN` folder instead of overwriting).\n\n"

@@ -1,4 +1,4 @@
-"""ConfidenceBlend, ViewConsistency and SaveViewSet in a real ComfyUI, on the bundled fox sample (examples/fox).
+"""ConfidenceBlend, ViewConsistency and SaveViewSet in a real ComfyUI, on the bundled fox sample (samples/fox).
 
 In-process: the three nodes on LoadViewSet's outputs (the "enhanced" views are the renders with red and blue
 swapped, so every taken pixel is visibly different), files and metadata on disk, and SaveViewSet called per chunk
@@ -19,7 +19,7 @@ import pytest
 import torch
 from PIL import Image
 
-FOX = Path(__file__).resolve().parents[2] / "examples" / "fox"
+FOX = Path(__file__).resolve().parents[2] / "samples" / "fox"
 
 
 @pytest.fixture(scope="module")

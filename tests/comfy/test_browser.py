@@ -32,7 +32,7 @@ from glimpse.workflow_format import canvas_to_api, is_canvas, node_types
 pytestmark = pytest.mark.server
 
 REPO = Path(__file__).resolve().parents[2]
-FOX = REPO / "examples" / "fox"
+FOX = REPO / "samples" / "fox"
 NAMES = ("glimpse_enhance_t4", "glimpse_enhance_speed", "glimpse_enhance_quality")
 CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",

@@ -26,14 +26,14 @@ pytestmark = pytest.mark.server
 REPO = Path(__file__).resolve().parents[2]
 CORE_WF = Path(__file__).parent / "data" / "core_per_view.json"
 IMG2IMG_WF = Path(__file__).parent / "data" / "core_img2img_per_view.json"
-SAMPLE_CANDIDATES = (REPO / "examples" / "fox", REPO.parent / "shared" / "data" / "sample_views" / "256")
+SAMPLE_CANDIDATES = (REPO / "samples" / "fox", REPO.parent / "shared" / "data" / "sample_views" / "256")
 
 
 def sample_set() -> Path:
     for p in SAMPLE_CANDIDATES:
         if (p / "cameras.json").is_file():
             return p
-    pytest.skip("no sample view set (examples/fox or ../shared/data/sample_views/256)")
+    pytest.skip("no sample view set (samples/fox or ../shared/data/sample_views/256)")
 
 
 @pytest.fixture(scope="module")

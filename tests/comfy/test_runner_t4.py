@@ -20,7 +20,7 @@ pytestmark = pytest.mark.server
 
 REPO = Path(__file__).resolve().parents[2]
 T4 = REPO / "workflows" / "api" / "glimpse_enhance_t4.json"
-SAMPLE_CANDIDATES = (REPO / "examples" / "fox", REPO.parent / "shared" / "data" / "sample_views" / "256")
+SAMPLE_CANDIDATES = (REPO / "samples" / "fox", REPO.parent / "shared" / "data" / "sample_views" / "256")
 RES = "64"
 
 

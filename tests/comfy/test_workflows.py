@@ -29,7 +29,7 @@ from glimpse.workflow_format import FRONTEND_ONLY, canvas_to_api
 pytestmark = pytest.mark.server
 
 REPO = Path(__file__).resolve().parents[2]
-FOX = REPO / "examples" / "fox"
+FOX = REPO / "samples" / "fox"
 NAMES = ("glimpse_enhance_t4", "glimpse_enhance_speed", "glimpse_enhance_quality")
 UPDATE = os.environ.get("GLIMPSE_UPDATE_SCREENSHOTS") == "1"  # also write docs/fox_t4_strip.png
 MODEL_INPUTS = {("LightningLoader", "ckpt_name"), ("LightningLoader", "lightning_file"),
@@ -212,9 +212,6 @@ def write_strip(folder: Path, out: Path, views=(0, 2, 4, 6, 8, 10), size: int = 
     strip.save(out, optimize=True)
 
 
-@pytest.mark.xfail(strict=True, reason="ComfyUI 0.3.64 serves /api/workflow_templates/<pack>/ from the FIRST of the "
-                   "pack's folders example_workflows, example, examples, workflow, workflows that exists: examples/ "
-                   "(the fox set) shadows workflows/, so the template browser lists the workflows but cannot open them")
 def test_template_browser_serves_the_workflows(comfy_server):
     import requests
 

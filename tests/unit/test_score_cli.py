@@ -1,4 +1,4 @@
-"""``glimpse-enhance score`` on the bundled fox sample (examples/fox): ranking, fallbacks and bad input."""
+"""``glimpse-enhance score`` on the bundled fox sample (samples/fox): ranking, fallbacks and bad input."""
 import json
 import shutil
 import subprocess
@@ -10,7 +10,7 @@ from PIL import Image
 
 from glimpse.cli import main
 
-FOX = Path(__file__).resolve().parents[2] / "examples" / "fox"
+FOX = Path(__file__).resolve().parents[2] / "samples" / "fox"
 
 
 def run_score(capsys, *argv):
