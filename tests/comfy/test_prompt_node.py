@@ -8,7 +8,7 @@ import torch
 
 from glimpse.types import Cameras
 
-SAMPLE_CAMERAS = Path(__file__).resolve().parents[3] / "shared" / "data" / "syncdreamer_cameras.json"
+SAMPLE_CAMERAS = Path(__file__).resolve().parents[2] / "samples" / "fox" / "cameras.json"  # SyncDreamer's 16
 
 
 CHECKPOINT = "sd_xl_base_1.0.safetensors"  # the official name; the fixture set links the Vega-layout model under it

@@ -26,14 +26,7 @@ pytestmark = pytest.mark.server
 REPO = Path(__file__).resolve().parents[2]
 CORE_WF = Path(__file__).parent / "data" / "core_per_view.json"
 IMG2IMG_WF = Path(__file__).parent / "data" / "core_img2img_per_view.json"
-SAMPLE_CANDIDATES = (REPO / "samples" / "fox", REPO.parent / "shared" / "data" / "sample_views" / "256")
-
-
-def sample_set() -> Path:
-    for p in SAMPLE_CANDIDATES:
-        if (p / "cameras.json").is_file():
-            return p
-    pytest.skip("no sample view set (samples/fox or ../shared/data/sample_views/256)")
+FOX = REPO / "samples" / "fox"
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +46,7 @@ def servers():
 @pytest.fixture
 def views(tmp_path) -> Path:
     dst = tmp_path / "views"
-    shutil.copytree(sample_set(), dst, ignore=shutil.ignore_patterns("clean"))
+    shutil.copytree(FOX, dst, ignore=shutil.ignore_patterns("clean"))
     return dst
 
 

@@ -20,7 +20,7 @@ pytestmark = pytest.mark.server
 
 REPO = Path(__file__).resolve().parents[2]
 T4 = REPO / "workflows" / "api" / "glimpse_enhance_t4.json"
-SAMPLE_CANDIDATES = (REPO / "samples" / "fox", REPO.parent / "shared" / "data" / "sample_views" / "256")
+FOX = REPO / "samples" / "fox"
 RES = "64"
 
 
@@ -40,11 +40,8 @@ def server(comfy_server):
 
 @pytest.fixture
 def views(tmp_path) -> Path:
-    src = next((p for p in SAMPLE_CANDIDATES if (p / "cameras.json").is_file()), None)
-    if src is None:
-        pytest.skip("no sample view set")
     dst = tmp_path / "views"
-    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("clean"))
+    shutil.copytree(FOX, dst, ignore=shutil.ignore_patterns("clean"))
     return dst
 
 

@@ -1,4 +1,4 @@
-"""LoadViewSet and DepthControlNet in a real ComfyUI, on ../shared/data/sample_views/256 at 64x64, with the Vega-size
+"""LoadViewSet and DepthControlNet in a real ComfyUI, on the fox sample set (samples/fox) at 64x64, with the Vega-size
 SDXL fixture and each fixture depth ControlNet (full, small, T2I-Adapter, ControlNet Union promax through core
 SetUnionControlNetType), plus the monocular path with the fixture Depth Anything estimator.
 
@@ -16,7 +16,7 @@ import torch
 
 from glimpse.types import DepthMaps
 
-SAMPLE = Path(__file__).resolve().parents[3] / "shared" / "data" / "sample_views" / "256"
+SAMPLE = Path(__file__).resolve().parents[2] / "samples" / "fox"
 CHECKPOINT = "sd_xl_base_1.0.safetensors"
 CONTROLNETS = {
     "full": "controlnet-depth-sdxl-1.0.safetensors",
@@ -26,8 +26,6 @@ CONTROLNETS = {
 UNION = "controlnet-union-sdxl-1.0_promax.safetensors"
 ESTIMATOR = "depth-anything-small"
 VIEWS = 4  # views sampled per graph (all 16 are loaded and hinted)
-
-pytestmark = pytest.mark.skipif(not SAMPLE.is_dir(), reason="../shared/data/sample_views is not available")
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,6 @@
 """View sets on disk: discovery, validation messages, formats, loading at a working resolution, fingerprints.
 
-Bad-input tests work on tmp_path copies of ../shared/data/sample_views/256 (never on the shared folder itself).
+Bad-input tests work on tmp_path copies of the fox sample set, samples/fox (never on the set itself).
 """
 import json
 import logging
@@ -24,23 +24,20 @@ from glimpse.viewset import (
     working_size,
 )
 
-SAMPLE = Path(__file__).resolve().parents[3] / "shared" / "data" / "sample_views" / "256"
-needs_sample = pytest.mark.skipif(not SAMPLE.is_dir(), reason="../shared/data/sample_views is not available")
+SAMPLE = Path(__file__).resolve().parents[2] / "samples" / "fox"  # ../shared/data/sample_views/256 + a README
 
 
 def copy_sample(dst: Path) -> Path:
     """A writable copy of the 256 sample set (top-level files only)."""
     dst.mkdir(parents=True, exist_ok=True)
     for f in SAMPLE.iterdir():
-        if f.is_file():
+        if f.is_file() and f.suffix != ".md":
             (dst / f.name).write_bytes(f.read_bytes())
     return dst
 
 
 @pytest.fixture
 def sample(tmp_path) -> Path:
-    if not SAMPLE.is_dir():
-        pytest.skip("../shared/data/sample_views is not available")
     return copy_sample(tmp_path / "set")
 
 
@@ -86,7 +83,6 @@ def write_synthetic_set(folder: Path, n: int = 4, size=(96, 160), depth_ext: str
 
 # --------------------------------------------------------------------------------------------------- happy paths
 
-@needs_sample
 def test_sample_set_loads_with_alpha_depth_and_scaled_cameras(sample):
     before = snapshot(sample)
     vs = load_view_set(sample, resolution=128, background="#808080")
@@ -102,7 +98,6 @@ def test_sample_set_loads_with_alpha_depth_and_scaled_cameras(sample):
     assert snapshot(sample) == before  # nothing written into the set
 
 
-@needs_sample
 def test_native_resolution_keeps_pixels_and_alpha(sample):
     vs = load_view_set(sample, resolution=0, background=(1.0, 1.0, 1.0))
     rgba = np.asarray(Image.open(sample / "view_03.png")).astype(np.float32) / 255
@@ -113,7 +108,6 @@ def test_native_resolution_keeps_pixels_and_alpha(sample):
     assert torch.equal(vs.depth.depth[3], torch.from_numpy(depth))
 
 
-@needs_sample
 def test_a_selection_of_views_keeps_the_whole_sets_depth_range_and_indices(sample):
     full = load_view_set(sample, resolution=64)
     part = load_view_set(sample, resolution=64, views="4-7,12")
@@ -233,20 +227,17 @@ def test_strip_is_split_into_views_with_syncdreamer_cameras(tmp_path):
 
 # ------------------------------------------------------------------------------------------------- bad input
 
-@needs_sample
 def test_path_that_does_not_exist(tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         scan_view_set(tmp_path / "nope")
 
 
-@needs_sample
 def test_missing_cameras_json(sample):
     (sample / "cameras.json").unlink()
     with pytest.raises(FileNotFoundError, match="cameras.json is missing"):
         scan_view_set(sample)
 
 
-@needs_sample
 def test_view_and_camera_counts_differ(sample):
     for f in sample.glob("view_15*"):
         f.unlink()
@@ -254,14 +245,12 @@ def test_view_and_camera_counts_differ(sample):
         scan_view_set(sample)
 
 
-@needs_sample
 def test_view_indices_with_a_gap(sample):
     (sample / "view_04.png").unlink()
     with pytest.raises(ValueError, match=r"gap: view_04.png missing"):
         scan_view_set(sample)
 
 
-@needs_sample
 def test_depth_size_differs_from_its_image(sample):
     (sample / "view_07_depth.npz").unlink()
     np.save(sample / "view_07_depth.npy", np.ones((128, 128), np.float32))
@@ -269,7 +258,6 @@ def test_depth_size_differs_from_its_image(sample):
         scan_view_set(sample)
 
 
-@needs_sample
 def test_truncated_png(sample):
     data = (sample / "view_05.png").read_bytes()
     (sample / "view_05.png").write_bytes(data[: len(data) // 2])
@@ -277,14 +265,12 @@ def test_truncated_png(sample):
         scan_view_set(sample)
 
 
-@needs_sample
 def test_two_depth_files_for_one_view(sample):
     np.save(sample / "view_02_depth.npy", np.ones((256, 256), np.float32))
     with pytest.raises(ValueError, match=r"view_02 depth: several files"):
         scan_view_set(sample)
 
 
-@needs_sample
 def test_eight_bit_png_depth_is_refused(sample):
     (sample / "view_06_depth.npz").unlink()
     Image.fromarray(np.zeros((256, 256), np.uint8)).save(sample / "view_06_depth.png")
@@ -292,7 +278,6 @@ def test_eight_bit_png_depth_is_refused(sample):
         scan_view_set(sample, depth_png_scale=0.001)
 
 
-@needs_sample
 def test_nan_negative_and_empty_depth_are_masked_counted_and_reported(sample, caplog):
     d = np.load(sample / "view_01_depth.npz")["depth"]
     bad = d.copy()
@@ -314,7 +299,6 @@ def test_nan_negative_and_empty_depth_are_masked_counted_and_reported(sample, ca
     assert (hint[9] == 0).all() and torch.isfinite(hint).all()
 
 
-@needs_sample
 def test_every_bad_input_is_caught_before_any_pixel_is_decoded(sample, monkeypatch):
     """Validation reads headers only: a size mismatch in the LAST view fails before any depth array is loaded."""
     import glimpse.viewset as vsmod
@@ -330,7 +314,6 @@ def test_every_bad_input_is_caught_before_any_pixel_is_decoded(sample, monkeypat
 
 # --------------------------------------------------------------------------------------- fingerprint and helpers
 
-@needs_sample
 def test_fingerprint_changes_when_any_file_of_the_set_changes(sample):
     f0 = fingerprint(sample)
     assert fingerprint(sample) == f0 and fingerprint(sample, hash_contents=True) != f0
