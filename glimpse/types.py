@@ -17,6 +17,10 @@ class DepthMaps:
     near: float | None = None
     far: float | None = None
 
+    def select(self, views: slice | torch.Tensor) -> DepthMaps:
+        """The maps of these views only, keeping the whole set's near/far."""
+        return DepthMaps(depth=self.depth[views], valid=self.valid[views], near=self.near, far=self.far)
+
 
 @dataclass(frozen=True)
 class Cameras:

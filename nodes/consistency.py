@@ -80,7 +80,7 @@ def _take(x, order: torch.Tensor):
     if x is None:
         return None
     if isinstance(x, DepthMaps):
-        return DepthMaps(depth=x.depth[order], valid=x.valid[order], near=x.near, far=x.far)
+        return x.select(order)
     if isinstance(x, CamerasValue):
         return CamerasValue(intrinsics=x.intrinsics[order], world_to_camera=x.world_to_camera[order],
                             camera_to_world=x.camera_to_world[order], azimuth_deg=x.azimuth_deg[order],

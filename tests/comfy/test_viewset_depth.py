@@ -102,8 +102,7 @@ def test_load_view_set_validation_messages(comfy, tmp_path):
 def test_depth_controlnet_applies_the_control(comfy, vega, viewset, kind, assert_finite):
     (cnet,) = comfy.run("ControlNetLoader", control_net_name=CONTROLNETS[kind])
     (latent,) = comfy.run("VAEEncode", pixels=viewset.images[:VIEWS], vae=vega.vae)
-    depth = DepthMaps(depth=viewset.depth.depth[:VIEWS], valid=viewset.depth.valid[:VIEWS],
-                      near=viewset.depth.near, far=viewset.depth.far)
+    depth = viewset.depth.select(slice(VIEWS))
     pos0, neg0, hint0 = comfy.run("DepthControlNet", positive=vega.pos, negative=vega.neg, control_net=cnet,
                                   depth=depth, strength=0.0)
     assert pos0 is vega.pos and neg0 is vega.neg  # strength 0: conditioning untouched
@@ -135,8 +134,7 @@ def test_depth_controlnet_applies_union_promax_as_depth(comfy, vega, viewset, as
     depth_type = [UNION_CONTROLNET_TYPES["depth"]]
     assert typed.extra_args["control_type"] == depth_type and auto.extra_args["control_type"] == []
     (latent,) = comfy.run("VAEEncode", pixels=viewset.images[:VIEWS], vae=vega.vae)
-    depth = DepthMaps(depth=viewset.depth.depth[:VIEWS], valid=viewset.depth.valid[:VIEWS],
-                      near=viewset.depth.near, far=viewset.depth.far)
+    depth = viewset.depth.select(slice(VIEWS))
     pos0, neg0, _ = comfy.run("DepthControlNet", positive=vega.pos, negative=vega.neg, control_net=typed, depth=depth,
                               strength=0.0)
     assert pos0 is vega.pos and neg0 is vega.neg
@@ -168,8 +166,7 @@ def test_hint_of_a_chunk_matches_the_full_set(comfy, viewset):
     (cnet,) = comfy.run("ControlNetLoader", control_net_name=CONTROLNETS["small"])
     cond = [[torch.zeros(1, 77, 2048), {"pooled_output": torch.zeros(1, 1280)}]]
     *_, full = comfy.run("DepthControlNet", positive=cond, negative=cond, control_net=cnet, depth=viewset.depth)
-    chunk = DepthMaps(depth=viewset.depth.depth[8:12], valid=viewset.depth.valid[8:12], near=viewset.depth.near,
-                      far=viewset.depth.far)
+    chunk = viewset.depth.select(slice(8, 12))
     *_, part = comfy.run("DepthControlNet", positive=cond, negative=cond, control_net=cnet, depth=chunk)
     assert torch.equal(part, full[8:12])
 

@@ -126,7 +126,7 @@ def test_device_path_matches_the_cpu_path(scene, mode):
 
 def test_a_chunk_of_views_keeps_the_set_wide_grey_levels(scene):
     full = with_set_range(scene)
-    chunk = DepthMaps(depth=full.depth[4:8], valid=full.valid[4:8], near=full.near, far=full.far)
+    chunk = full.select(slice(4, 8))
     assert torch.equal(depth_hint(chunk), depth_hint(full)[4:8])
     # without the carried range the chunk would get its own (different) contrast
     alone = DepthMaps(depth=full.depth[4:8], valid=full.valid[4:8])
