@@ -188,9 +188,10 @@ def select_cameras(cameras: Cameras, indices: list[int]) -> Cameras:
     """The cameras of the views at positions ``indices``; ``view_index`` keeps their original indices."""
     idx = torch.as_tensor(list(indices), dtype=torch.int64)
     base = cameras.view_index if cameras.view_index is not None else torch.arange(len(cameras), dtype=torch.int64)
+    order = cameras.anchor_order[idx] if cameras.anchor_order is not None else None
     return replace(cameras, intrinsics=cameras.intrinsics[idx], world_to_camera=cameras.world_to_camera[idx],
                    camera_to_world=cameras.camera_to_world[idx], azimuth_deg=cameras.azimuth_deg[idx],
-                   elevation_deg=cameras.elevation_deg[idx], view_index=base[idx])
+                   elevation_deg=cameras.elevation_deg[idx], view_index=base[idx], anchor_order=order)
 
 
 def scale_intrinsics(intrinsics: torch.Tensor, from_size: tuple[int, int], to_size: tuple[int, int]) -> torch.Tensor:

@@ -27,6 +27,7 @@ class MemoryState:
     ram_free: int
     loaded_models: list[LoadedModel] = field(default_factory=list)
     peak_allocated: int | None = None
+    anchor_records: list[str] = field(default_factory=list)  # CrossViewAttention's records held now (summaries)
 
     @property
     def reclaimable(self) -> int:
@@ -63,11 +64,17 @@ def format_report(state: MemoryState, settings: Settings, estimate: MemoryEstima
         f"preset {s.preset}: {s.steps} steps, strength {s.strength:g}, ControlNet {s.controlnet_strength:g} "
         f"({s.controlnet_size}), {e.width}x{e.height}, {s.views_per_chunk} view(s) per chunk, UNet {s.unet_dtype}, "
         + (f"tiled VAE {s.vae_tile_size} px" if s.tiled_vae else "untiled VAE"),
-        f"estimate (every model resident, VAE {vae_dtype}): {gib(e.peak)} at {e.peak_phase}"
-        f" = weights {gib(e.weights)} (UNet {gib(e.unet_weights)}, ControlNet {gib(e.controlnet_weights)},"
-        f" VAE {gib(e.vae_weights)}, text encoders {gib(e.clip_weights)})"
-        f" + {e.peak_phase} {gib(e.transient)} + reserve {gib(e.overhead)}",
+        f"estimate (VAE {vae_dtype}): {gib(e.peak)} at {e.peak_phase}; weights {gib(e.weights)} (UNet "
+        f"{gib(e.unet_weights)}, ControlNet {gib(e.controlnet_weights)}, VAE {gib(e.vae_weights)}, text encoders "
+        f"{gib(e.clip_weights)}), reserve {gib(e.overhead)}; phases: "
+        + ", ".join(f"{k} {gib(v)}" for k, v in e.phases().items()),
     ]
+    if s.cross_view != "off":
+        lines.append(f"cross-view attention {s.cross_view}: {s.anchor_count} anchors sampled as one batch "
+                     f"({gib(e.anchor_activations)} of activations, text encoders moved out), each view attends to "
+                     f"{s.anchor_neighbours}; anchor record {gib(e.anchor_record)} "
+                     + ("on the GPU (counted in every phase)" if e.record_on_gpu else "in CPU RAM (not on the GPU)"))
+    lines += [f"anchor record held: {r}" for r in state.anchor_records]
     if needs_warning(state, e):
         lines.append(f"WARNING: the estimate {gib(e.peak)} exceeds the {gib(state.vram_free + state.reclaimable)} "
                      "ComfyUI can use (free + its own loaded models): expect offloading or out-of-memory; choose "

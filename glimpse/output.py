@@ -200,6 +200,15 @@ def _read_json(path: Path) -> dict | None:
     return data if isinstance(data, dict) else None
 
 
+def _merged_cross_view(old: dict, new: dict) -> dict:
+    """The chunks of one set each name their own views' anchors: keep the earlier chunks' when the setup is the same."""
+    a, b = old.get("cross_view"), new.get("cross_view")
+    if not (isinstance(a, dict) and isinstance(b, dict) and "view_anchors" in b):
+        return {}
+    same = all(a.get(k) == b.get(k) for k in ("mode", "weight", "anchors", "neighbours", "window"))
+    return {"cross_view": {**b, "view_anchors": {**(a.get("view_anchors") or {}), **b["view_anchors"]}}} if same else {}
+
+
 @dataclass
 class SavedSet:
     folder: Path
@@ -286,7 +295,7 @@ def save_view_set(root: str | Path, subfolder: str, images: torch.Tensor, *, alp
     chunk = {"created": now, "views": [int(i) for i in indices], "inputs": inputs, **(manifest or {})}
     old = _read_json(folder / "manifest.json") or {}
     record = {"format": "glimpse-enhance result set", "version": 1, "glimpse_version": __version__, "updated": now,
-              **(manifest or {}),
+              **(manifest or {}), **_merged_cross_view(old, manifest or {}),
               "views": _merge_views(old.get("views") if isinstance(old.get("views"), list) else [], views_meta),
               "chunks": (old.get("chunks") if isinstance(old.get("chunks"), list) else []) + [chunk]}
     atomic_write_json(folder / "manifest.json", record)

@@ -15,8 +15,13 @@ Presets (what each trades):
   details), full-size depth ControlNet, 1024 px, untiled VAE (no tile seams). Trades: memory and time.
 - ``custom``: the node's own fields.
 
+Every preset turns cross-view attention on (``correspondence``, 4 anchors, each view attending to its 2 nearest): the
+anchors are sampled first as one batch, then every other view in the preset's chunks. The plan below counts the anchor
+pass and the anchors' record; on the T4 presets the record lives in CPU RAM.
+
 The estimate (:func:`estimate_memory`) counts weights of the models resident during the run plus the largest
-transient phase (sampling activations or VAE encode/decode), plus ComfyUI's reserve. Its constants are named below,
+transient phase (sampling activations of a chunk or of the anchor batch, or VAE encode/decode), plus ComfyUI's
+reserve. Its constants are named below,
 with where each comes from. It is a planning number, good to about +-20 %, not a measurement: MemoryPreset's report
 prints it next to the measured peak (CUDA) so that the two can be compared.
 """
@@ -25,7 +30,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, replace
 
-from .lightning import check_steps, check_strength
+from .lightning import check_steps, check_strength, executed_steps
 from .types import Settings
 
 GIB = 1024 ** 3
@@ -54,6 +59,20 @@ CONTROLNET_ACT_FACTOR = {"full": 0.5, "small": 0.2}
 # batches to fit, and tiled VAE works tile by tile (tile_size px -> (tile_size/8)^2 latent pixels).
 VAE_DECODE_PER_LATENT_PX = 2178 * 64
 VAE_ENCODE_PER_PX = 1767
+# Cross-view attention. The anchors' record keeps every self-attention input of every anchor at every executed step:
+# SDXL has 10 such layers at 1/16 of the image (640 channels) and 60 at 1/32 (1280 channels), so at 1024 px one anchor
+# step is 10 x 4096 x 640 + 60 x 1024 x 1280 values (210 MB in fp16).
+SDXL_SELF_ATTENTION = ((16, 10, 640), (32, 60, 1280))  # (image pixels per token side, layers, channels)
+# Extra transient per view while attending, at the 1/16 layers where it is largest: the two anchors' fetched hidden
+# states and their keys and values (6 x 4096 x 640 fp16 = 31 MB at 1024 px), and the local (correspondence)
+# attention's gathered keys and values, float32 slices of 1024 query tokens x 9 (2 x 1024 x 9 x 640 x 4 = 47 MB; see
+# glimpse.crossview.attention): about 0.05 GiB for a 1024 px view, 3.2 KiB per latent pixel. (An upper bound: the
+# UNet's own activation peak is in its higher-resolution blocks, not at these layers.)
+CROSS_VIEW_ACT_BYTES_PER_LATENT_PX = 3.2 * 1024
+# Where each preset's plan must fit (the card it is for, less headroom), deciding whether the record may sit on the GPU.
+PLAN_BUDGET_GIB = {"t4_balanced": 10.0, "t4_minimal": 7.0, "speed": 14.0, "quality": 22.0, "custom": 10.0}
+CROSS_VIEW_MODES = ("off", "extended", "correspondence")
+
 # ComfyUI's reserve on Linux (model_management.EXTRA_RESERVED_VRAM, 400 MiB) plus the CUDA context (~350 MiB on a T4,
 # counted by the driver, not by torch).
 OVERHEAD_BYTES = 400 * 1024 ** 2 + 350 * 1024 ** 2
@@ -67,16 +86,16 @@ DEFAULT_PRESET = "t4_balanced"
 PRESETS: dict[str, Settings] = {
     "t4_balanced": Settings(preset="t4_balanced", steps=4, strength=0.75, controlnet_strength=0.5, resolution=1024,
                             views_per_chunk=1, tiled_vae=True, vae_tile_size=384, unet_dtype="default",
-                            controlnet_size="small"),
+                            controlnet_size="small", cross_view="correspondence"),
     "t4_minimal": Settings(preset="t4_minimal", steps=4, strength=0.75, controlnet_strength=0.5, resolution=768,
                            views_per_chunk=1, tiled_vae=True, vae_tile_size=256, unet_dtype="fp8_e4m3fn",
-                           controlnet_size="small"),
+                           controlnet_size="small", cross_view="correspondence"),
     "speed": Settings(preset="speed", steps=2, strength=0.5, controlnet_strength=0.5, resolution=768,
                       views_per_chunk=4, tiled_vae=False, vae_tile_size=512, unet_dtype="default",
-                      controlnet_size="small"),
+                      controlnet_size="small", cross_view="correspondence"),
     "quality": Settings(preset="quality", steps=4, strength=0.65, controlnet_strength=0.5, resolution=1024,
                         views_per_chunk=1, tiled_vae=False, vae_tile_size=512, unet_dtype="default",
-                        controlnet_size="full"),
+                        controlnet_size="full", cross_view="correspondence"),
 }
 PRESETS["custom"] = replace(PRESETS[DEFAULT_PRESET], preset="custom")
 
@@ -99,6 +118,11 @@ def validate_settings(s: Settings) -> Settings:
         raise ValueError(f"unet_dtype {s.unet_dtype!r} is not one of {list(UNET_DTYPES)}")
     if s.controlnet_size not in CONTROLNET_SIZES:
         raise ValueError(f"controlnet_size {s.controlnet_size!r} is not one of {list(CONTROLNET_SIZES)}")
+    if s.cross_view not in CROSS_VIEW_MODES:
+        raise ValueError(f"cross_view {s.cross_view!r} is not one of {list(CROSS_VIEW_MODES)}")
+    if s.anchor_count < 1 or s.anchor_neighbours < 1:
+        raise ValueError(f"anchor_count {s.anchor_count} and anchor_neighbours {s.anchor_neighbours} must be at "
+                         "least 1")
     return s
 
 
@@ -119,7 +143,11 @@ def preset_settings(name: str, **custom) -> Settings:
 
 @dataclass(frozen=True)
 class MemoryEstimate:
-    """Planned GPU bytes, by part. ``peak`` = resident weights + the largest transient phase + overhead."""
+    """Planned GPU bytes, by part and phase. ``peak`` is the largest phase: resident weights + its transient +
+    overhead (+ the anchor record when it sits on the GPU).
+
+    In the anchor pass the text encoders are not counted: they are used once per set, before it, and ComfyUI moves
+    them out when the sampler asks for room (once per set, never between views)."""
 
     unet_weights: int
     controlnet_weights: int
@@ -131,24 +159,30 @@ class MemoryEstimate:
     overhead: int
     width: int
     height: int
+    anchor_activations: int = 0
+    anchor_record: int = 0
+    record_on_gpu: bool = False
 
     @property
     def weights(self) -> int:
         return self.unet_weights + self.controlnet_weights + self.vae_weights + self.clip_weights
 
-    @property
-    def transient(self) -> int:
-        return max(self.sampling_activations, self.vae_encode_peak, self.vae_decode_peak)
+    def phases(self) -> dict[str, int]:
+        base = self.weights + self.overhead + (self.anchor_record if self.record_on_gpu else 0)
+        out = {"sampling": base + self.sampling_activations, "VAE encode": base + self.vae_encode_peak,
+               "VAE decode": base + self.vae_decode_peak}
+        if self.anchor_activations:
+            out["anchor sampling"] = base - self.clip_weights + self.anchor_activations
+        return out
 
     @property
     def peak(self) -> int:
-        return self.weights + self.transient + self.overhead
+        return max(self.phases().values())
 
     @property
     def peak_phase(self) -> str:
-        t = self.transient
-        return ("sampling" if t == self.sampling_activations else
-                "VAE decode" if t == self.vae_decode_peak else "VAE encode")
+        phases = self.phases()
+        return max(phases, key=phases.get)
 
 
 def working_size(resolution: int, aspect: float = 1.0) -> tuple[int, int]:
@@ -164,6 +198,13 @@ def unet_weight_bytes(unet_dtype: str) -> int:
     return 1 if unet_dtype.startswith("fp8") else 2
 
 
+def anchor_record_bytes(width: int, height: int, anchors: int, executed_steps: int, dtype_bytes: int = 2) -> int:
+    """Bytes of an SDXL anchor record: every self-attention input of ``anchors`` views at every executed step."""
+    per_step = sum(layers * math.ceil(height / f) * math.ceil(width / f) * channels
+                   for f, layers, channels in SDXL_SELF_ATTENTION)
+    return anchors * executed_steps * per_step * dtype_bytes
+
+
 def estimate_memory(s: Settings, aspect: float = 1.0, vae_dtype_bytes: int = 4, with_controlnet: bool = True,
                     with_clip: bool = True) -> MemoryEstimate:
     """Rough GPU bytes a run with settings ``s`` needs with every model resident (no CPU offload).
@@ -176,21 +217,27 @@ def estimate_memory(s: Settings, aspect: float = 1.0, vae_dtype_bytes: int = 4, 
     w, h = working_size(s.resolution, aspect)
     lat_px = math.ceil(w / LATENT_SCALE) * math.ceil(h / LATENT_SCALE)
     cn = s.controlnet_size if with_controlnet else None
-    unet_act = s.views_per_chunk * lat_px * UNET_ACT_BYTES_PER_LATENT_PX_FP16
+    cross = s.cross_view != "off"
+    per_view = lat_px * (UNET_ACT_BYTES_PER_LATENT_PX_FP16 * (1 + (CONTROLNET_ACT_FACTOR[cn] if cn else 0))
+                         + (CROSS_VIEW_ACT_BYTES_PER_LATENT_PX if cross else 0))
     if s.tiled_vae:
         tile = min(s.vae_tile_size, max(w, h))
         dec_px, enc_px = (tile // LATENT_SCALE) ** 2, tile * tile
     else:
         dec_px, enc_px = lat_px, w * h
-    return MemoryEstimate(
+    plan = MemoryEstimate(
         unet_weights=SDXL_UNET_PARAMS * unet_weight_bytes(s.unet_dtype),
         controlnet_weights=CONTROLNET_PARAMS[cn] * 2 if cn else 0,
         vae_weights=SDXL_VAE_PARAMS * vae_dtype_bytes,
         clip_weights=SDXL_CLIP_PARAMS * CLIP_BYTES if with_clip else 0,
-        sampling_activations=int(unet_act * (1 + (CONTROLNET_ACT_FACTOR[cn] if cn else 0))),
+        sampling_activations=int(s.views_per_chunk * per_view),
         vae_encode_peak=VAE_ENCODE_PER_PX * enc_px * vae_dtype_bytes,
         vae_decode_peak=VAE_DECODE_PER_LATENT_PX * dec_px * vae_dtype_bytes,
         overhead=OVERHEAD_BYTES,
         width=w,
         height=h,
+        anchor_activations=int(s.anchor_count * per_view) if cross else 0,
+        anchor_record=anchor_record_bytes(w, h, s.anchor_count, executed_steps(s.steps, s.strength)) if cross else 0,
     )
+    on_gpu = replace(plan, record_on_gpu=True)
+    return on_gpu if cross and on_gpu.peak <= PLAN_BUDGET_GIB[s.preset] * GIB else plan

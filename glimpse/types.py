@@ -38,6 +38,12 @@ class Cameras:
     image_size: tuple[int, int]
     # Index of each view in its set on disk (int64 [N]); a selection of views keeps its original names (view_07).
     view_index: torch.Tensor | None = None
+    # The set's anchor views (set indices; empty: none), for each view here the anchors from nearest to farthest
+    # viewing direction (int64 [N, A], -1 padded: an anchor is not its own neighbour), and an identity of the loaded
+    # set (its files and load parameters) that stays the same across the chunks and prompts of one set.
+    anchors: tuple[int, ...] = ()
+    anchor_order: torch.Tensor | None = None
+    set_key: str | None = None
 
     def __len__(self) -> int:
         return self.intrinsics.shape[0]
@@ -57,3 +63,6 @@ class Settings:
     vae_tile_size: int
     unet_dtype: str
     controlnet_size: str
+    cross_view: str = "off"  # off | extended | correspondence (glimpse.crossview)
+    anchor_count: int = 4
+    anchor_neighbours: int = 2

@@ -5,9 +5,11 @@ from comfy_api.latest import ComfyExtension, io
 
 from .blend import ConfidenceBlend
 from .consistency import ViewConsistency
+from .crossview import CrossViewAttention
 from .depth import DepthControlNet, register_depth_estimator_folder
 from .lightning import GlimpseCheckpointLoader, LightningLoader
 from .memory import MemoryPreset, MemoryReport
+from .noise import ViewNoise
 from .prompt import GlimpsePrompt, register_prompt_folder
 from .save import SaveViewSet
 from .viewset import LoadViewSet
@@ -27,6 +29,8 @@ class GlimpseExtension(ComfyExtension):
             MemoryReport,
             LoadViewSet,
             DepthControlNet,
+            CrossViewAttention,
+            ViewNoise,
             ConfidenceBlend,
             ViewConsistency,
             SaveViewSet,

@@ -10,6 +10,7 @@ from ..glimpse.lightning import LIGHTNING_STEPS
 from ..glimpse.memory_report import LoadedModel, MemoryState, format_report
 from ..glimpse.presets import (
     CONTROLNET_SIZES,
+    CROSS_VIEW_MODES,
     DEFAULT_PRESET,
     PRESET_NAMES,
     PRESETS,
@@ -18,6 +19,7 @@ from ..glimpse.presets import (
     preset_settings,
 )
 from ..glimpse.types import Settings as SettingsValue
+from .crossview import STORE
 from .types import Settings
 
 _DTYPE_NAMES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
@@ -39,7 +41,8 @@ def memory_state() -> MemoryState:
         torch.cuda.reset_peak_memory_stats(dev)
     return MemoryState(device=mm.get_torch_device_name(dev), vram_total=int(mm.get_total_memory(dev)),
                        vram_free=int(mm.get_free_memory(dev)), ram_total=int(mm.get_total_memory(cpu)),
-                       ram_free=int(mm.get_free_memory(cpu)), loaded_models=models, peak_allocated=peak)
+                       ram_free=int(mm.get_free_memory(cpu)), loaded_models=models, peak_allocated=peak,
+                       anchor_records=[r.summary() for r in STORE.records()])
 
 
 def report(settings: SettingsValue) -> str:
@@ -50,12 +53,14 @@ def report(settings: SettingsValue) -> str:
 
 
 def _custom(steps: str, strength: float, controlnet_strength: float, resolution: int, views_per_chunk: int,
-            tiled_vae: bool, vae_tile_size: int, unet_dtype: str, controlnet_size: str) -> dict:
+            tiled_vae: bool, vae_tile_size: int, unet_dtype: str, controlnet_size: str, cross_view: str = "off",
+            anchor_count: int = 4, anchor_neighbours: int = 2) -> dict:
     if str(steps) not in {str(n) for n in LIGHTNING_STEPS}:
         raise ValueError(f"steps {steps!r} must be one of {', '.join(map(str, LIGHTNING_STEPS))}")
     return dict(steps=int(steps), strength=float(strength), controlnet_strength=float(controlnet_strength),
                 resolution=int(resolution), views_per_chunk=int(views_per_chunk), tiled_vae=bool(tiled_vae),
-                vae_tile_size=int(vae_tile_size), unet_dtype=unet_dtype, controlnet_size=controlnet_size)
+                vae_tile_size=int(vae_tile_size), unet_dtype=unet_dtype, controlnet_size=controlnet_size,
+                cross_view=cross_view, anchor_count=int(anchor_count), anchor_neighbours=int(anchor_neighbours))
 
 
 class MemoryPreset(io.ComfyNode):
@@ -100,6 +105,15 @@ class MemoryPreset(io.ComfyNode):
                                        "quality loss; computed in fp16)." + custom),
                 io.Combo.Input("controlnet_size", options=list(CONTROLNET_SIZES), default=c.controlnet_size,
                                tooltip="Recommended depth ControlNet: full (2.3 GiB) or small (0.3 GiB)." + custom),
+                io.Combo.Input("cross_view", options=list(CROSS_VIEW_MODES), default=c.cross_view,
+                               tooltip="Cross-View Attention's mode: off (views sampled independently), extended "
+                                       "(attention over the anchors' whole images) or correspondence (only near "
+                                       "each token's 3D point; needs depth)." + custom),
+                io.Int.Input("anchor_count", default=c.anchor_count, min=1, max=64,
+                             tooltip="Anchor views Load View Set picks ('auto'); they are sampled as one batch, "
+                                     "so the plan's anchor phase grows with them." + custom),
+                io.Int.Input("anchor_neighbours", default=c.anchor_neighbours, min=1, max=8,
+                             tooltip="Anchors each view attends to (the nearest by viewing direction)." + custom),
             ],
             outputs=[
                 Settings.Output(display_name="settings",
@@ -112,10 +126,12 @@ class MemoryPreset(io.ComfyNode):
     @classmethod
     def validate_inputs(cls, preset: str, steps: str, strength: float, controlnet_strength: float, resolution: int,
                         views_per_chunk: int, tiled_vae: bool, vae_tile_size: int, unet_dtype: str,
-                        controlnet_size: str) -> bool | str:
+                        controlnet_size: str, cross_view: str = "off", anchor_count: int = 4,
+                        anchor_neighbours: int = 2) -> bool | str:
         try:
             preset_settings(preset, **_custom(steps, strength, controlnet_strength, resolution, views_per_chunk,
-                                              tiled_vae, vae_tile_size, unet_dtype, controlnet_size))
+                                              tiled_vae, vae_tile_size, unet_dtype, controlnet_size, cross_view,
+                                              anchor_count, anchor_neighbours))
         except ValueError as e:
             return str(e)
         return True
@@ -123,9 +139,11 @@ class MemoryPreset(io.ComfyNode):
     @classmethod
     def execute(cls, preset: str, steps: str, strength: float, controlnet_strength: float, resolution: int,
                 views_per_chunk: int, tiled_vae: bool, vae_tile_size: int, unet_dtype: str,
-                controlnet_size: str) -> io.NodeOutput:
+                controlnet_size: str, cross_view: str = "off", anchor_count: int = 4,
+                anchor_neighbours: int = 2) -> io.NodeOutput:
         settings = preset_settings(preset, **_custom(steps, strength, controlnet_strength, resolution, views_per_chunk,
-                                                     tiled_vae, vae_tile_size, unet_dtype, controlnet_size))
+                                                     tiled_vae, vae_tile_size, unet_dtype, controlnet_size, cross_view,
+                                                     anchor_count, anchor_neighbours))
         text = report(settings)
         return io.NodeOutput(settings, text, ui=ui.PreviewText(text))
 

@@ -13,7 +13,7 @@ from comfy_api.latest import io, ui
 
 from ..glimpse.output import save_view_set, sha256_file, workflow_facts
 from ..glimpse.types import Cameras as CamerasValue
-from .types import Cameras
+from .types import Cameras, CrossView
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +78,9 @@ class SaveViewSet(io.ComfyNode):
                 io.Boolean.Input("save_hints", default=False, tooltip="Also write the hints as hint_XX.png."),
                 io.String.Input("scores", optional=True, force_input=True,
                                 tooltip="ViewConsistency JSON, stored in the manifest."),
+                CrossView.Input("cross_view", optional=True,
+                                tooltip="Cross-View Attention's cross_view output: its mode, weight, anchors and "
+                                        "each view's anchors go into the manifest."),
                 io.Combo.Input("overwrite", options=list(OVERWRITE), default="new folder",
                                tooltip="When a view file already exists in the subfolder: write into the next free "
                                        "'<subfolder>_NNN' ('new folder') or fail ('refuse'). Never overwrites."),
@@ -105,6 +108,7 @@ class SaveViewSet(io.ComfyNode):
     def execute(cls, images: torch.Tensor, subfolder: str = "glimpse", mask: torch.Tensor | None = None,
                 confidence: torch.Tensor | None = None, cameras: CamerasValue | None = None,
                 hints: torch.Tensor | None = None, save_hints: bool = False, scores: str | None = None,
+                cross_view: dict | None = None,
                 overwrite: str = "new folder", hash_models: bool = False) -> io.NodeOutput:
         n = images.shape[0]
         if mask is not None and mask.dim() == 2:
@@ -141,6 +145,7 @@ class SaveViewSet(io.ComfyNode):
             "seed": facts["seeds"][0]["value"] if len(facts["seeds"]) == 1 else facts["seeds"] or None,
             "timing": None,  # per-view timing is not known inside a graph; the headless runner records its own
             "scores": parsed_scores,
+            "cross_view": cross_view or {"mode": "off"},
         }
         root = folder_paths.get_output_directory()
         saved = save_view_set(root, subfolder, images, alpha=mask, confidence=confidence,

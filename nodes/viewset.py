@@ -1,9 +1,12 @@
 """LoadViewSet: a view-set folder (or a SyncDreamer strip) as IMAGE, MASK, GLIMPSE_DEPTH, GLIMPSE_CAMERAS."""
 from __future__ import annotations
 
+import hashlib
 import logging
 from dataclasses import replace
 from pathlib import Path
+
+import torch
 
 import comfy.model_management
 import comfy.utils
@@ -12,8 +15,8 @@ from comfy_api.latest import io
 
 from ..glimpse.types import Settings as SettingsValue
 from ..glimpse.cameras import select_cameras
+from ..glimpse.crossview.anchors import DEFAULT_ANCHOR_COUNT, anchor_order, anchors_first, parse_anchors
 from ..glimpse.viewset import (
-    chunks,
     fingerprint,
     load_view_set,
     parse_colour,
@@ -81,6 +84,17 @@ class LoadViewSet(io.ComfyNode):
                     "depth_png_scale", default=0.0, min=0.0, max=1000.0, step=0.0001,
                     tooltip="Scene units per count of 16-bit PNG depth maps; 0 takes 'depth_png_scale' from "
                             "cameras.json. Unused for other depth formats."),
+                io.String.Input(
+                    "anchors", default="auto",
+                    tooltip="The set's anchor views for Cross-View Attention: 'auto' (anchor_count views spread over "
+                            "the cameras' directions), 'none', or set indices such as '0,4,8,12'. The selected "
+                            "anchors come out first, as one chunk of their own (they are sampled together); the "
+                            "other views follow in chunks. Connected settings with cross_view off mean none."),
+                io.Int.Input(
+                    "anchor_count", default=DEFAULT_ANCHOR_COUNT, min=1, max=64,
+                    tooltip="How many anchors 'auto' picks. More anchors cover more of the object but the anchor "
+                            "chunk samples them in one batch (memory grows with it). Ignored when settings are "
+                            "connected (their anchor_count is used)."),
                 Settings.Input(
                     "settings", optional=True,
                     tooltip="GLIMPSE_SETTINGS from MemoryPreset: when connected, its resolution and views_per_chunk "
@@ -105,7 +119,8 @@ class LoadViewSet(io.ComfyNode):
 
     @classmethod
     def validate_inputs(cls, path: str | None = None, views: str | None = None, strip_views: int = 0,
-                        depth_png_scale: float = 0.0, background: str | None = None) -> bool | str:
+                        depth_png_scale: float = 0.0, background: str | None = None, anchors: str | None = None,
+                        anchor_count: int = DEFAULT_ANCHOR_COUNT) -> bool | str:
         if strip_views is not None and strip_views < 0 or depth_png_scale is not None and depth_png_scale < 0:
             return "strip_views and depth_png_scale must not be negative"
         try:
@@ -115,6 +130,8 @@ class LoadViewSet(io.ComfyNode):
                 spec = scan_view_set(resolve_path(path), strip_views, depth_png_scale or None)
                 if views is not None:
                     select_views(views, len(spec))
+                if anchors is not None:
+                    parse_anchors(anchors, spec.cameras, anchor_count)
         except (OSError, ValueError) as e:
             return str(e)
         return True
@@ -128,12 +145,16 @@ class LoadViewSet(io.ComfyNode):
 
     @classmethod
     def execute(cls, path: str, views: str = "all", background: str = "#808080", resolution: int = 1024,
-                views_per_chunk: int = 4, strip_views: int = 0, depth_png_scale: float = 0.0,
-                settings: SettingsValue | None = None) -> io.NodeOutput:
+                views_per_chunk: int = 4, strip_views: int = 0, depth_png_scale: float = 0.0, anchors: str = "auto",
+                anchor_count: int = DEFAULT_ANCHOR_COUNT, settings: SettingsValue | None = None) -> io.NodeOutput:
         if settings is not None:
             resolution, views_per_chunk = settings.resolution, settings.views_per_chunk
+            anchor_count = settings.anchor_count
+            if settings.cross_view == "off":
+                anchors = "none"  # no anchor chunk: the preset's chunking as it is
         spec = scan_view_set(resolve_path(path), strip_views, depth_png_scale or None)
         selected = select_views(views, len(spec))
+        anchor_views = parse_anchors(anchors, spec.cameras, anchor_count)
         bar = comfy.utils.ProgressBar(len(selected))
 
         def on_view(_: int) -> None:
@@ -145,15 +166,19 @@ class LoadViewSet(io.ComfyNode):
         if missing and len(missing) < len(selected):
             log.info("LoadViewSet: %s have no depth; DepthControlNet needs images and a depth estimator for them",
                      ", ".join(f"view_{i:02d}" for i in missing))
-        parts = chunks(len(selected), views_per_chunk)
-        log.info("LoadViewSet: %d of %d views from %s, %dx%d -> %dx%d (content %s), %d chunk(s)", len(selected),
-                 len(spec), spec.root, vs.source_size[1], vs.source_size[0], vs.images.shape[2], vs.images.shape[1],
-                 vs.content, len(parts))
-        d = vs.depth
+        position = {v: k for k, v in enumerate(selected)}
+        parts = [[position[v] for v in chunk] for chunk in anchors_first(selected, anchor_views, views_per_chunk)]
+        log.info("LoadViewSet: %d of %d views from %s, %dx%d -> %dx%d (content %s), %d chunk(s), anchors %s",
+                 len(selected), len(spec), spec.root, vs.source_size[1], vs.source_size[0], vs.images.shape[2],
+                 vs.images.shape[1], vs.content, len(parts), anchor_views or "none")
+        set_key = hashlib.sha256(repr((fingerprint(spec), resolution, background, strip_views,
+                                       depth_png_scale)).encode()).hexdigest()[:16]
+        order = anchor_order(spec.cameras, anchor_views)[selected] if anchor_views else None
+        cameras = replace(vs.cameras, anchors=tuple(anchor_views), anchor_order=order, set_key=set_key)
         return io.NodeOutput(
             [vs.images[c] for c in parts],
             [vs.alpha[c] for c in parts],
-            [replace(d, depth=d.depth[c], valid=d.valid[c]) for c in parts],
-            [select_cameras(vs.cameras, list(range(c.start, c.stop))) for c in parts],
+            [vs.depth.select(torch.tensor(c)) for c in parts],
+            [select_cameras(cameras, c) for c in parts],
             len(selected),
         )

@@ -55,7 +55,9 @@ def test_estimate_orders_presets_and_scales_with_chunk_and_resolution():
     fp8 = estimate_memory(replace(base, unet_dtype="fp8_e4m3fn"))
     assert fp8.unet_weights * 2 == one.unet_weights
     assert estimate_memory(base, vae_dtype_bytes=2).vae_decode_peak * 2 == one.vae_decode_peak
-    assert estimate_memory(base, with_clip=False).peak < one.peak
+    no_clip = estimate_memory(base, with_clip=False)
+    assert no_clip.phases()["sampling"] < one.phases()["sampling"]
+    assert no_clip.phases()["anchor sampling"] == one.phases()["anchor sampling"]  # the anchor pass moves CLIP out
     small = estimate_memory(replace(base, resolution=512))
     assert small.sampling_activations == pytest.approx(one.sampling_activations / 4, rel=1e-6)
 
@@ -101,9 +103,14 @@ def test_report_lists_models_peak_and_estimate():
     assert "SDXL: 4.78 GiB (4.78 GiB on device)" in text
     assert "AutoencoderKL: 0.30 GiB (0.00 GiB on device)" in text
     assert "peak allocated since last report: 7.50 GiB" in text
-    assert f"estimate (every model resident, VAE fp32): {e.peak / GIB:.2f} GiB" in text
+    assert f"estimate (VAE fp32): {e.peak / GIB:.2f} GiB at anchor sampling" in text
+    assert f"anchor sampling {e.phases()['anchor sampling'] / GIB:.2f} GiB" in text
     assert "preset t4_balanced: 4 steps, strength 0.75" in text
+    assert f"anchor record {e.anchor_record / GIB:.2f} GiB in CPU RAM" in text
     assert "WARNING" not in text
+    held = MemoryState(device="cpu", vram_total=1, vram_free=1, ram_total=1, ram_free=1,
+                       anchor_records=["anchors view_00, view_04: 3 step(s) x 70 layer(s), 2.0 MiB on cpu"])
+    assert "anchor record held: anchors view_00, view_04: 3 step(s)" in format_report(held, s, e)
 
 
 def test_report_warns_when_estimate_exceeds_free_plus_own_models():
@@ -119,3 +126,28 @@ def test_report_warns_when_estimate_exceeds_free_plus_own_models():
     assert "VRAM" not in cpu and "compute device is the CPU" in cpu and "RAM: 14.00 GiB free of 24.00 GiB" in cpu
     # memory held by ComfyUI's own models counts as available (it would offload them)
     assert not needs_warning(_state(6.0, [LoadedModel("SDXL", 20 * GIB, 20 * GIB)]), e)
+
+
+def test_cross_view_plan_counts_the_anchor_batch_and_the_record():
+    t4 = estimate_memory(PRESETS["t4_balanced"])
+    assert PRESETS["t4_balanced"].cross_view == "correspondence"
+    # the anchors (4) are one batch: the largest phase on a T4, still under 10 GiB, the record kept in CPU RAM
+    assert t4.peak_phase == "anchor sampling" and t4.peak < 10 * GIB
+    assert t4.anchor_activations == pytest.approx(4 * t4.sampling_activations, rel=1e-6)
+    assert not t4.record_on_gpu
+    # 4 anchors x 3 executed steps (strength 0.75 of 4) x (10 x 64^2 x 640 + 60 x 32^2 x 1280) fp16 values
+    assert t4.anchor_record == 4 * 3 * (10 * 4096 * 640 + 60 * 1024 * 1280) * 2
+    assert 200e6 < t4.anchor_record / 12 < 220e6  # about 210 MB per anchor and step
+    quality = estimate_memory(PRESETS["quality"])
+    assert quality.record_on_gpu and quality.peak <= 22 * GIB
+    assert quality.phases()["sampling"] - estimate_memory(
+        replace(PRESETS["quality"], cross_view="off")).phases()["sampling"] > quality.anchor_record
+    off = estimate_memory(replace(PRESETS["t4_balanced"], cross_view="off"))
+    assert off.anchor_activations == off.anchor_record == 0 and "anchor sampling" not in off.phases()
+
+
+def test_cross_view_settings_are_validated():
+    with pytest.raises(ValueError, match="cross_view 'mutual' is not one of"):
+        preset_settings("custom", cross_view="mutual")
+    with pytest.raises(ValueError, match="anchor_count 0"):
+        preset_settings("custom", anchor_count=0)
