@@ -24,6 +24,8 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--steps", type=int, help="LightningLoader steps")
     g.add_argument("--strength", type=float, help="LightningLoader img2img strength")
     g.add_argument("--seed", type=int, help="sampler noise seed, shared by every view")
+    g.add_argument("--cross-view", choices=("off", "extended", "correspondence"),
+                   help="Cross-View Attention mode (and the MemoryPreset's, which then becomes custom)")
     g.add_argument("--subject", help="GlimpsePrompt subject text")
     g.add_argument("--template", help="GlimpsePrompt template")
     g.add_argument("--resolution", type=int, help="working resolution (LoadViewSet or MemoryPreset)")

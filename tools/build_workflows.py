@@ -16,7 +16,7 @@ JSON files by hand. The ``.jpg`` thumbnails and docs/ screenshots come from ``te
 
 Node ids are stable numbers, so a diff of a regenerated workflow shows only what changed. The runner changes inputs
 by class and input name (``glimpse.runner.workflow.OVERRIDES``): LoadViewSet path/views, MemoryPreset preset,
-LightningLoader steps/strength, RandomNoise noise_seed, GlimpsePrompt subject/template, SaveViewSet
+LightningLoader steps/strength, GlimpseViewNoise noise_seed, GlimpsePrompt subject/template, SaveViewSet
 subfolder/save_hints; every one of them is a plain widget here, never a link.
 """
 from __future__ import annotations
@@ -98,10 +98,11 @@ def api_graph(v: Variant) -> dict:
                                     "controlnet_strength": s.controlnet_strength, "resolution": s.resolution,
                                     "views_per_chunk": s.views_per_chunk, "tiled_vae": s.tiled_vae,
                                     "vae_tile_size": s.vae_tile_size, "unet_dtype": s.unet_dtype,
-                                    "controlnet_size": s.controlnet_size}),
+                                    "controlnet_size": s.controlnet_size, "cross_view": s.cross_view,
+                                    "anchor_count": s.anchor_count, "anchor_neighbours": s.anchor_neighbours}),
         2: ("LoadViewSet", {"path": "", "views": "all", "background": "#808080", "resolution": s.resolution,
                             "views_per_chunk": s.views_per_chunk, "strip_views": 0, "depth_png_scale": 0.0,
-                            "settings": _link(1, 0)}),
+                            "anchors": "auto", "anchor_count": s.anchor_count, "settings": _link(1, 0)}),
         3: ("LightningLoader", {"ckpt_name": SDXL_BASE, "lightning_file": v.lightning_file, "steps": "auto",
                                        "strength": s.strength, "settings": _link(1, 0)}),
         4: ("ControlNetLoader", {"control_net_name": v.controlnet}),
@@ -114,8 +115,8 @@ def api_graph(v: Variant) -> dict:
                                 "depth_estimator": "none"}),
         7: (("VAEEncodeTiled", {"pixels": _link(2, 0), "vae": _link(3, 2), **vae_tiles}) if s.tiled_vae
             else ("VAEEncode", {"pixels": _link(2, 0), "vae": _link(3, 2)})),
-        8: ("RandomNoise", {"noise_seed": SEED}),
-        9: ("CFGGuider", {"model": _link(3, 0), "positive": _link(6, 0), "negative": _link(6, 1), "cfg": 1.0}),
+        8: ("GlimpseViewNoise", {"noise_seed": SEED, "cameras": _link(2, 3)}),
+        9: ("CFGGuider", {"model": _link(20, 0), "positive": _link(6, 0), "negative": _link(6, 1), "cfg": 1.0}),
         10: ("KSamplerSelect", {"sampler_name": "euler"}),
         11: ("SamplerCustomAdvanced", {"noise": _link(8, 0), "guider": _link(9, 0), "sampler": _link(10, 0),
                                        "sigmas": _link(3, 3), "latent_image": _link(7, 0)}),
@@ -129,10 +130,13 @@ def api_graph(v: Variant) -> dict:
                                  "mask": _link(2, 1), "reference": _link(2, 0)}),
         15: ("SaveViewSet", {"images": _link(13, 0), "subfolder": "glimpse", "mask": _link(2, 1),
                              "confidence": _link(13, 1), "cameras": _link(2, 3), "hints": _link(6, 2),
-                             "save_hints": False, "scores": _link(14, 0), "overwrite": "new folder",
-                             "hash_models": False}),
+                             "save_hints": False, "scores": _link(14, 0), "cross_view": _link(20, 1),
+                             "overwrite": "new folder", "hash_models": False}),
         16: ("PreviewImage", {"images": _link(6, 2)}),
         17: ("PreviewImage", {"images": _link(13, 2)}),
+        20: ("GlimpseCrossViewAttention", {"model": _link(3, 0), "cameras": _link(2, 3), "depth": _link(2, 2),
+                                           "mode": s.cross_view, "weight": 0.5, "neighbours": s.anchor_neighbours,
+                                           "window": 1, "record_device": "auto", "settings": _link(1, 0)}),
     }
     titles = {16: "Depth hint (near = bright)", 17: "Confidence (green = enhanced, red = kept)"}
     return {str(k): {"inputs": inputs, "class_type": cls, **({"_meta": {"title": titles[k]}} if k in titles else {})}
@@ -157,19 +161,19 @@ def with_titles(api: dict, object_info: dict) -> dict:
 
 COLUMNS = {"a": 0, "b": 400, "c": 800, "d": 1260, "e": 1640, "f": 2020}
 POSITIONS = {  # node id -> (column, y); y leaves each node's height (default_size) plus its 30 px title bar free
-    1: ("a", 0), 2: ("a", 360),
-    3: ("b", 0), 4: ("b", 300),
+    1: ("a", 0), 2: ("a", 420),
+    3: ("b", 0), 4: ("b", 300), 20: ("b", 430),
     5: ("c", 0), 6: ("c", 340),
     8: ("d", 0), 10: ("d", 130), 9: ("d", 240), 7: ("d", 400), 11: ("e", 0), 12: ("e", 180), 16: ("e", 400),
     13: ("f", 0), 14: ("f", 310), 15: ("f", 470), 17: ("f", 760),
 }
-WIDTHS = {1: 330, 2: 330, 3: 340, 4: 340, 5: 400, 6: 400, 13: 340, 14: 340, 15: 340}
+WIDTHS = {1: 330, 2: 330, 3: 340, 4: 340, 20: 340, 5: 400, 6: 400, 13: 340, 14: 340, 15: 340}
 SIZES = {16: [300, 300], 17: [340, 300]}  # image previews
 GROUPS = (
     ("1  Settings and view set", (1, 2), "#3f789e"),
-    ("2  Models", (3, 4), "#8A8"),
+    ("2  Models, cross-view attention", (3, 4, 20), "#8A8"),
     ("3  Prompt and depth control", (5, 6), "#88A"),
-    ("4  Lightning img2img (one seed for every view)", (8, 10, 9, 7, 11, 12, 16), "#b58b2a"),
+    ("4  Lightning img2img (each view's noise from one seed)", (8, 10, 9, 7, 11, 12, 16), "#b58b2a"),
     ("5  Blend, score, save", (13, 14, 15, 17), "#a1309b"),
 )
 
@@ -203,7 +207,11 @@ def _usage_note(v: Variant) -> str:
             "**Memory Preset** sets steps, strength, ControlNet strength, working resolution and views per chunk for "
             "the connected nodes (their own widgets are then ignored); pick `custom` to edit its fields. Load View "
             "Set outputs the views in chunks of the preset's size and every later node runs once per chunk, so "
-            "memory stays flat however many views the set has. Every view shares the **RandomNoise** seed.\n\n"
+            "memory stays flat however many views the set has. **Cross-View Attention** makes the views agree: "
+            "Load View Set's anchor views (4, spread over the orbit) come first as one chunk and are sampled "
+            "together, and every other view attends to its 2 nearest anchors at each self-attention layer and step "
+            "(mode and anchors from the preset). **View Noise** draws each view's noise from the seed and the "
+            "view's index, so a view comes out the same in any chunk.\n\n"
             "Headless, the same graph (its API twin in `workflows/api/`): `glimpse-enhance run VIEWSET --out OUT "
             f"--workflow {v.name.removeprefix('glimpse_enhance_')}`.")
 

@@ -3,7 +3,7 @@
 The runner queues one prompt per chunk of views, changing only LoadViewSet's ``views`` (and the output subfolder,
 which no sampler reads). So the record made while the anchors were sampled is valid for a later prompt exactly when the
 ancestors of the sampler that uses the cross-view model (model files, prompt text, seed, strength, ControlNet, view
-set) are the same apart from that selection. Works on API-format prompts ({id: {class_type, inputs}}, links are
+set) are the same apart from the selection and the chunk size. Works on API-format prompts ({id: {class_type, inputs}}, links are
 [node id, output slot]).
 """
 from __future__ import annotations
@@ -12,7 +12,9 @@ import hashlib
 import json
 from typing import Callable
 
-PER_CHUNK_INPUTS = {("LoadViewSet", "views")}  # what differs between the chunk prompts of one set
+# What only decides which views a prompt samples and how they are batched: the runner's chunk prompts differ in the
+# selection, and chunking changes no view (the anchors are one batch, the rest attend only to the record).
+CHUNKING_INPUTS = {("LoadViewSet", "views"), ("LoadViewSet", "views_per_chunk"), ("MemoryPreset", "views_per_chunk")}
 
 
 def _links(inputs: dict) -> list[str]:
@@ -20,7 +22,7 @@ def _links(inputs: dict) -> list[str]:
 
 
 def sampling_subgraph(prompt: dict, node_id: str, is_sampler: Callable[[str], bool]) -> dict:
-    """The nodes the samplers downstream of ``node_id`` depend on, with the per-chunk inputs blanked.
+    """The nodes the samplers downstream of ``node_id`` depend on, with the chunking inputs blanked.
 
     A sampler is the first node on each downstream path for which ``is_sampler(class_type)`` holds (a node that
     outputs LATENT). Without any, the whole ancestry of ``node_id``'s consumers is used.
@@ -50,7 +52,7 @@ def sampling_subgraph(prompt: dict, node_id: str, is_sampler: Callable[[str], bo
     out = {}
     for nid in sorted(keep):
         node = prompt[nid]
-        inputs = {k: ("<per chunk>" if (node["class_type"], k) in PER_CHUNK_INPUTS else v)
+        inputs = {k: ("<chunking>" if (node["class_type"], k) in CHUNKING_INPUTS else v)
                   for k, v in node.get("inputs", {}).items()}
         out[nid] = {"class_type": node["class_type"], "inputs": inputs}
     return out

@@ -46,7 +46,8 @@ from .viewset import ViewSetError, chunk_views, files_hash, find_viewsets, selec
 from .workflow import MEMORY_PRESET, OverrideError, WorkflowError, apply_overrides, load_workflow, resolve_workflow, workflow_mode
 
 DEFAULT_CHUNK = 4
-USER_OPTIONS = ("preset", "steps", "strength", "seed", "subject", "template", "resolution", "save_hints")
+USER_OPTIONS = ("preset", "steps", "strength", "seed", "cross_view", "subject", "template", "resolution",
+                "save_hints")
 OUTPUT_RE = re.compile(r"^(view|confidence|hint)_(\d+)(?:_\d{5}_)?\.png$")
 
 

@@ -110,7 +110,7 @@ def test_one_seed_and_every_runner_override_lands(name):
     api = twin(name)
     assert workflow_mode(api) == "set"
     seeds = [(n["class_type"], k) for n in api.values() for k in n["inputs"] if "seed" in k]
-    assert seeds == [("RandomNoise", "noise_seed")], "one seed for every view of a set"
+    assert seeds == [("GlimpseViewNoise", "noise_seed")], "one seed for every view of a set"
     values = {"path": "glimpse/abc", "views": "0-3", "subfolder": "glimpse/p", "preset": "t4_minimal", "steps": 4,
               "strength": 0.5, "seed": 7, "subject": "a fox", "template": "object", "save_hints": True}
     try:

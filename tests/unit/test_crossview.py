@@ -208,9 +208,9 @@ def test_store_keeps_one_record_per_set_and_a_bounded_number_of_sets():
     assert store.find("a", "2") is None and store.find("b", "k") is b and store.of_set("c") == [c]
 
 
-def _prompt(lora="loras/a.safetensors", views="0,4", subfolder="x"):
+def _prompt(lora="loras/a.safetensors", views="0,4", subfolder="x", chunk=1):
     return {
-        "2": {"class_type": "LoadViewSet", "inputs": {"path": "set", "views": views}},
+        "2": {"class_type": "LoadViewSet", "inputs": {"path": "set", "views": views, "views_per_chunk": chunk}},
         "3": {"class_type": "LightningLoader", "inputs": {"lightning_file": lora}},
         "20": {"class_type": "GlimpseCrossViewAttention", "inputs": {"model": ["3", 0], "cameras": ["2", 3]}},
         "8": {"class_type": "GlimpseViewNoise", "inputs": {"noise_seed": 42, "cameras": ["2", 3]}},
@@ -226,7 +226,7 @@ def test_record_key_follows_what_the_sampler_depends_on_only():
         return graph_key(sampling_subgraph(p, "20", lambda c: c == "SamplerCustomAdvanced"))
 
     base = key(_prompt())
-    assert key(_prompt(views="1-3", subfolder="y")) == base  # what the runner changes between chunk prompts
+    assert key(_prompt(views="1-3", subfolder="y", chunk=4)) == base  # the runner's chunk prompts differ so
     assert key(_prompt(lora="loras/b.safetensors")) != base
     seeded = _prompt()
     seeded["8"]["inputs"]["noise_seed"] = 7
