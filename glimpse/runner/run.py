@@ -140,6 +140,17 @@ def check_writable(folder: Path) -> None:
         raise RunError(f"output folder {folder} is not writable ({e.strerror or e})", 2) from None
 
 
+def check_apart(folder: Path, out_dir: Path) -> None:
+    """Refuse an output folder that is the view set, lies inside it, or holds it: the outputs would overwrite or mix
+    with the set's own files (its renders are named view_XX.png too)."""
+    a, b = folder.resolve(), out_dir.resolve()
+    if a == b or a in b.parents or b in a.parents:
+        where = "is" if a == b else "lies inside" if a in b.parents else "holds"
+        raise RunError(f"output folder {out_dir} {where} the view set {folder}: its outputs (view_XX.png, "
+                       "manifest.json) would overwrite or mix with the set's own files; choose an output folder "
+                       "outside the set", 2)
+
+
 def _server_seconds(history: dict) -> float:
     """execution_start -> execution_success from the history's status messages (ms timestamps)."""
     ts = {m[0]: m[1].get("timestamp") for m in (history.get("status") or {}).get("messages", [])
@@ -259,9 +270,12 @@ class Runner:
         if o.chunk is not None and o.chunk < 1:
             raise RunError(f"--chunk must be at least 1, got {o.chunk}", 2)
         self.chunk = 1 if self.mode == "per-view" else o.chunk  # None: the preset's, decided in execute()
+        out_dirs = [self.out if len(sets) == 1 else self.out / folder.name for folder in sets]
+        for folder in sets:  # before anything is written
+            for out_dir in out_dirs:
+                check_apart(folder, out_dir)
         check_writable(self.out)
-        for folder in sets:
-            out_dir = self.out if len(sets) == 1 else self.out / folder.name
+        for folder, out_dir in zip(sets, out_dirs):
             check_writable(out_dir)
             try:
                 files = viewset_files(folder)
