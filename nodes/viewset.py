@@ -12,15 +12,9 @@ from comfy_api.latest import io
 
 from ..glimpse.types import Settings as SettingsValue
 from ..glimpse.cameras import select_cameras
-from ..glimpse.viewset import (
-    chunks,
-    fingerprint,
-    load_view_set,
-    parse_colour,
-    scan_view_set,
-    select_views,
-    views_without_depth,
-)
+from ..glimpse.scan import fingerprint, scan_view_set
+from ..glimpse.views import chunks, select_views, view_name
+from ..glimpse.viewset import load_view_set, parse_colour, views_without_alpha, views_without_depth
 from .types import Cameras, Depth, Settings
 
 log = logging.getLogger(__name__)
@@ -141,6 +135,10 @@ class LoadViewSet(io.ComfyNode):
             bar.update(1)
 
         vs = load_view_set(spec, resolution=resolution, background=background, on_view=on_view, views=selected)
+        transparent = [selected[k] for k in views_without_alpha(vs.alpha)]
+        if transparent:
+            log.warning("LoadViewSet: %s fully transparent (alpha 0 everywhere): nothing of %s is enhanced or "
+                        "scored", ", ".join(map(view_name, transparent)), "it" if len(transparent) == 1 else "them")
         missing = [selected[k] for k in views_without_depth(vs.depth)]
         if missing and len(missing) < len(selected):
             log.info("LoadViewSet: %s have no depth; DepthControlNet needs images and a depth estimator for them",
