@@ -17,9 +17,8 @@ from ..scan import transparent_views
 from ..views import view_name
 from . import manifest as mf
 from .pool import SetJob
-from .viewset import ViewSetError, check_set, find_viewsets
-from .workflow import MEMORY_PRESET, OverrideError, WorkflowError, apply_overrides, load_workflow, resolve_workflow, \
-    workflow_mode
+from .viewset import check_set, find_viewsets
+from .workflow import MEMORY_PRESET, apply_overrides, load_workflow, resolve_workflow, workflow_mode
 
 DEFAULT_CHUNK = 4
 USER_OPTIONS = ("preset", "steps", "strength", "seed", "subject", "template", "resolution", "save_hints")
@@ -105,7 +104,8 @@ def prepare(o: RunOptions) -> Plan:
         apply_overrides(wf, probe, str(workflow_path))
         sets = find_viewsets(Path(o.viewset))
         specs = [check_set(folder, images_only=mode == "per-view") for folder in sets]
-    except (WorkflowError, OverrideError, ViewSetError) as e:
+        transparent = [transparent_views(spec) for spec in specs]  # decodes the views: pixel data that fails too
+    except ValueError as e:  # WorkflowError, OverrideError, ViewSetError, a view that does not decode
         raise RunError(str(e), 2) from None
     if o.chunk is not None and o.chunk < 1:
         raise RunError(f"--chunk must be at least 1, got {o.chunk}", 2)
@@ -116,11 +116,10 @@ def prepare(o: RunOptions) -> Plan:
             check_apart(folder, out_dir)
     check_writable(out)
     jobs, notes = [], []
-    for folder, spec, out_dir in zip(sets, specs, out_dirs):
+    for folder, spec, out_dir, empty in zip(sets, specs, out_dirs, transparent):
         check_writable(out_dir)
-        transparent = transparent_views(spec)
-        if transparent:
-            notes.append(f"warning: {folder}: {', '.join(map(view_name, transparent))} fully transparent (alpha 0 "
+        if empty:
+            notes.append(f"warning: {folder}: {', '.join(map(view_name, empty))} fully transparent (alpha 0 "
                          "everywhere): nothing of them is enhanced or scored")
         files = spec.files()
         inputs_hash = files_digest(files, contents=True)

@@ -238,6 +238,21 @@ def test_a_non_utf8_file_name_in_a_set_is_no_traceback(fox, tmp_path):
     assert odd not in job.files
 
 
+def test_a_view_whose_pixels_do_not_decode_is_named(fox, tmp_path):
+    """Header and checksums intact (the header scan passes it), pixel data not a zlib stream: the runner's decode of
+    the alpha finds it before any server does."""
+    data = bytearray((fox / "view_06.png").read_bytes())
+    pos = data.index(b"IDAT") + 4
+    length = int.from_bytes(data[pos - 8:pos - 4], "big")
+    data[pos:pos + length] = bytes(length)
+    data[pos + length:pos + length + 4] = zlib.crc32(bytes(data[pos - 4:pos + length])).to_bytes(4, "big")
+    (fox / "view_06.png").write_bytes(bytes(data))
+    scan_view_set(fox)  # headers only: fine
+    code, err = runner(fox, tmp_path / "out")
+    refused_before_any_server(code, err, f"view_06 image: {fox / 'view_06.png'}", "cannot be decoded")
+    assert not (tmp_path / "out").exists()
+
+
 def test_a_corrupt_exr_depth_is_named(fox, tmp_path):
     (fox / "view_03_depth.npz").unlink()
     (fox / "view_03_depth.exr").write_bytes(b"\x76\x2f\x31\x01" + b"garbage" * 10)
