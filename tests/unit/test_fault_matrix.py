@@ -141,6 +141,23 @@ def test_only_the_sets_own_files_are_uploaded(fox, tmp_path):
     assert all(p.parent == fox for p in job.files)
 
 
+def test_a_killed_runs_embedded_folder_is_removed_by_the_next_start(tmp_path):
+    from glimpse.runner.embedded import remove_stale_bases
+
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    stale = tmp_path / "glimpse-comfy-killed"
+    (stale / "input" / "glimpse").mkdir(parents=True)
+    (stale / "runner.pid").write_text(f"{gone.pid}\n")
+    live = tmp_path / "glimpse-comfy-running"
+    live.mkdir()
+    (live / "runner.pid").write_text(f"{os.getpid()}\n")
+    unknown = tmp_path / "glimpse-comfy-older"  # no pid file: not ours to judge
+    unknown.mkdir()
+    assert remove_stale_bases(tmp_path) == [stale]
+    assert not stale.exists() and live.is_dir() and unknown.is_dir()
+
+
 # -- checked locally, with the user's paths --------------------------------------------------------------------------
 
 def test_a_bad_set_is_refused_here_with_the_users_path(fox, tmp_path):
