@@ -265,18 +265,10 @@ def transparent_views(spec: ViewSetSpec, threads: int = 4) -> list[int]:
     """Indices of the views whose alpha is 0 everywhere. Decodes each view's alpha (a strip once), so it also finds
     pixel data that does not decode: ValueError naming the file."""
     if spec.kind == "strip":
-        a = _decoded(spec.views[0], lambda: read_rgba(spec.root)[..., 3])
+        a = read_rgba(spec.root, what="strip")[..., 3]
         h, w = spec.views[0].size
         parts = [a[:, i * w:(i + 1) * w] if spec.strip_axis == 1 else a[i * h:(i + 1) * h] for i in range(len(spec))]
         return [i for i, part in enumerate(parts) if not part.any()]
     with ThreadPoolExecutor(max_workers=max(1, min(threads, os.cpu_count() or 1))) as pool:  # zlib frees the GIL
-        empty = pool.map(lambda v: _decoded(v, lambda: alpha_is_empty(v.image, v.mask, v.has_alpha)), spec.views)
+        empty = pool.map(lambda v: alpha_is_empty(v.image, v.mask, v.has_alpha, f"{v.name} image"), spec.views)
         return [v.index for v, e in zip(spec.views, empty) if e]
-
-
-def _decoded(view: ViewFiles, decode):
-    try:
-        return decode()
-    except (OSError, SyntaxError, ValueError) as e:
-        files = ", ".join(str(p) for p in (view.image, view.mask) if p is not None)
-        raise ValueError(f"{view.name} image: {files} cannot be decoded ({e})") from None

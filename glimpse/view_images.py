@@ -50,34 +50,35 @@ def _eight_bit(im: Image.Image, mode: str) -> Image.Image:
     return im if im.mode == mode else im.convert(mode)
 
 
-def _decode(path: Path, mode: str, reduce: int) -> np.ndarray:
-    with Image.open(path) as im:
-        im.load()
-        im = _eight_bit(im, mode)
-    if reduce > 1:
-        im = im.reduce(reduce)
-    return np.asarray(im)
+def _decode(path: Path, mode: str, reduce: int, what: str) -> Image.Image:
+    """The decoded image in ``mode``; ValueError naming the file when its pixel data does not decode (a header can
+    be intact while the data is not)."""
+    try:
+        with Image.open(path) as im:
+            im.load()
+            im = _eight_bit(im, mode)
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        raise ValueError(f"{what}: {path} cannot be decoded ({e})") from None
+    return im.reduce(reduce) if reduce > 1 else im
 
 
-def read_rgba(image: Path, mask: Path | None = None, has_alpha: bool = True, reduce: int = 1) -> np.ndarray:
+def read_rgba(image: Path, mask: Path | None = None, has_alpha: bool = True, reduce: int = 1,
+              what: str = "view") -> np.ndarray:
     """uint8 [H,W,4] of one view: alpha from the image, else from its mask file, else opaque; box-reduced by
-    ``reduce`` (an integer factor) right after decoding."""
+    ``reduce`` (an integer factor) right after decoding. ``what`` names the view in errors."""
     if has_alpha:
-        return _decode(image, "RGBA", reduce)
-    rgb = _decode(image, "RGB", reduce)
-    a = _decode(mask, "L", reduce) if mask is not None else np.full(rgb.shape[:2], 255, np.uint8)
+        return np.asarray(_decode(image, "RGBA", reduce, what))
+    rgb = np.asarray(_decode(image, "RGB", reduce, what))
+    a = np.asarray(_decode(mask, "L", reduce, what)) if mask is not None else np.full(rgb.shape[:2], 255, np.uint8)
     return np.concatenate([rgb, a[..., None]], axis=-1)
 
 
-def alpha_is_empty(image: Path, mask: Path | None = None, has_alpha: bool = True) -> bool:
+def alpha_is_empty(image: Path, mask: Path | None = None, has_alpha: bool = True, what: str = "view") -> bool:
     """True when the view's alpha (its own, else its mask's) is 0 everywhere: nothing of it is visible."""
-    path, mode = (image, "RGBA") if has_alpha else (mask, "L")
-    if path is None:
+    if not has_alpha and mask is None:
         return False
-    with Image.open(path) as im:
-        im.load()
-        im = _eight_bit(im, mode)
-        return (im.getchannel("A") if mode == "RGBA" else im).getextrema()[1] == 0
+    im = _decode(image, "RGBA", 1, what).getchannel("A") if has_alpha else _decode(mask, "L", 1, what)
+    return im.getextrema()[1] == 0
 
 
 def reduce_factor(size: tuple[int, int], target: tuple[int, int], above: int = 4096 * 4096) -> int:

@@ -156,7 +156,7 @@ def load_view_set(spec_or_path: ViewSetSpec | str | Path, resolution: int = 1024
     rows, cols = slice(top, top + resized[0]), slice(left, left + resized[1])
     stride = sample_stride(len(spec) * size[0] * size[1])
 
-    strip = read_rgba(spec.root) if spec.kind == "strip" else None
+    strip = read_rgba(spec.root, what="strip") if spec.kind == "strip" else None
     factor = reduce_factor(size, resized) if strip is None else 1
     padded = canvas != resized
     images = bg.view(1, 1, 1, 3).repeat(n, *canvas, 1) if padded else torch.empty((n, *canvas, 3))
@@ -173,7 +173,8 @@ def load_view_set(spec_or_path: ViewSetSpec | str | Path, resolution: int = 1024
             sample = z[z > 0]
         if k is None:  # not selected: its depth only counts towards the set's range
             return None, sample
-        u8 = _strip_view(v, spec, strip) if strip is not None else read_rgba(v.image, v.mask, v.has_alpha, factor)
+        u8 = (_strip_view(v, spec, strip) if strip is not None
+              else read_rgba(v.image, v.mask, v.has_alpha, factor, f"{v.name} image"))
         src = u8.shape[:2]  # the native size, or the box-reduced one of a huge view
         a = u8[..., 3:4].astype(np.float32)
         a *= np.float32(1.0 / 255.0)

@@ -105,7 +105,8 @@ def prepare(o: RunOptions) -> Plan:
         sets = find_viewsets(Path(o.viewset))
         specs = [check_set(folder, images_only=mode == "per-view") for folder in sets]
         transparent = [transparent_views(spec) for spec in specs]  # decodes the views: pixel data that fails too
-    except ValueError as e:  # WorkflowError, OverrideError, ViewSetError, a view that does not decode
+        hashes = [files_digest(spec.files(), contents=True) for spec in specs]
+    except (ValueError, OSError) as e:  # WorkflowError, OverrideError, ViewSetError, undecodable or unreadable files
         raise RunError(str(e), 2) from None
     if o.chunk is not None and o.chunk < 1:
         raise RunError(f"--chunk must be at least 1, got {o.chunk}", 2)
@@ -116,18 +117,16 @@ def prepare(o: RunOptions) -> Plan:
             check_apart(folder, out_dir)
     check_writable(out)
     jobs, notes = [], []
-    for folder, spec, out_dir, empty in zip(sets, specs, out_dirs, transparent):
+    for folder, spec, out_dir, empty, inputs_hash in zip(sets, specs, out_dirs, transparent, hashes):
         check_writable(out_dir)
         if empty:
             notes.append(f"warning: {folder}: {', '.join(map(view_name, empty))} fully transparent (alpha 0 "
                          "everywhere): nothing of them is enhanced or scored")
-        files = spec.files()
-        inputs_hash = files_digest(files, contents=True)
         views = [v.index for v in spec.views]
         params = mf.params_hash(base, user, inputs_hash)
         m = mf.new(mf.load(out_dir), params, viewset=str(folder.resolve()), inputs_hash=inputs_hash,
                    workflow=str(workflow_path), overrides=user, views=views, out_dir=out_dir)
         mf.save(m, out_dir)
-        jobs.append(SetJob(folder.name, folder, out_dir, files, inputs_hash, views, params, m, wf, spec))
+        jobs.append(SetJob(folder.name, folder, out_dir, spec.files(), inputs_hash, views, params, m, wf, spec))
     chunk = 1 if mode == "per-view" else o.chunk or preset_chunk(wf)
     return Plan(workflow_path, mode, applied, chunk, jobs, notes)

@@ -72,6 +72,16 @@ def png_header_only(path: Path, width: int, height: int) -> None:
                      + chunk(b"IDAT", zlib.compress(b"\0" * 16)) + chunk(b"IEND", b""))
 
 
+def corrupt_pixels(png: Path) -> None:
+    """Zero the first IDAT chunk's data and fix its CRC: the header and checksums pass, the pixels do not decode."""
+    data = bytearray(png.read_bytes())
+    pos = data.index(b"IDAT") + 4
+    length = int.from_bytes(data[pos - 8:pos - 4], "big")
+    data[pos:pos + length] = bytes(length)
+    data[pos + length:pos + length + 4] = zlib.crc32(bytes(data[pos - 4:pos + length])).to_bytes(4, "big")
+    png.write_bytes(bytes(data))
+
+
 def png16(path: Path, values: np.ndarray) -> None:
     """A 16-bit PNG of ``values`` uint16 [H,W,C] (C = 1 grey, 2 grey+alpha, 3 RGB, 4 RGBA); Pillow cannot write them."""
     h, w, c = values.shape
@@ -258,12 +268,7 @@ def test_a_non_utf8_file_name_in_a_set_is_no_traceback(fox, tmp_path):
 def test_a_view_whose_pixels_do_not_decode_is_named(fox, tmp_path):
     """Header and checksums intact (the header scan passes it), pixel data not a zlib stream: the runner's decode of
     the alpha finds it before any server does."""
-    data = bytearray((fox / "view_06.png").read_bytes())
-    pos = data.index(b"IDAT") + 4
-    length = int.from_bytes(data[pos - 8:pos - 4], "big")
-    data[pos:pos + length] = bytes(length)
-    data[pos + length:pos + length + 4] = zlib.crc32(bytes(data[pos - 4:pos + length])).to_bytes(4, "big")
-    (fox / "view_06.png").write_bytes(bytes(data))
+    corrupt_pixels(fox / "view_06.png")
     scan_view_set(fox)  # headers only: fine
     code, err = runner(fox, tmp_path / "out")
     refused_before_any_server(code, err, f"view_06 image: {fox / 'view_06.png'}", "cannot be decoded")
@@ -279,13 +284,15 @@ def test_a_corrupt_exr_depth_is_named(fox, tmp_path):
     refused_before_any_server(code, err, "view_03_depth.exr is not a readable depth file")
 
 
-@pytest.mark.parametrize("damage", ["exr", "bomb", "index"])
+@pytest.mark.parametrize("damage", ["exr", "bomb", "index", "pixels"])
 def test_score_on_a_bad_set_is_one_line(fox, capsys, damage):
     if damage == "exr":
         (fox / "view_03_depth.npz").unlink()
         (fox / "view_03_depth.exr").write_bytes(b"\x76\x2f\x31\x01" + b"garbage" * 10)
     elif damage == "bomb":
         png_header_only(fox / "view_04.png", 30000, 30000)
+    elif damage == "pixels":
+        corrupt_pixels(fox / "view_04.png")
     else:
         shutil.copy(fox / "view_00.png", fox / "view_9999999999.png")
     assert main(["score", str(FOX / "clean"), "--set", str(fox)]) == 2
