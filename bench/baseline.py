@@ -130,7 +130,8 @@ def main(argv: list[str] | None = None) -> int:
     from diffusers import EulerDiscreteScheduler, StableDiffusionXLControlNetImg2ImgPipeline
 
     from glimpse.depth import depth_hint
-    from glimpse.viewset import load_view_set, scan_view_set
+    from glimpse.scan import scan_view_set
+    from glimpse.viewset import load_view_set
 
     workflow, source = load_workflow(args.config)
     settings = settings_of(workflow, args.config)

@@ -44,7 +44,8 @@ def run(size: int = 1024, views: int = 16, repeat: int = 3, folder: Path | None 
     from glimpse.consistency import score_views
     from glimpse.depth import depth_hint
     from glimpse.types import DepthMaps
-    from glimpse.viewset import load_view_set, scan_view_set
+    from glimpse.scan import scan_view_set
+    from glimpse.viewset import load_view_set
 
     with tempfile.TemporaryDirectory(prefix="glimpse-bench-set-") as tmp:
         folder = build_view_set(Path(tmp) / f"fox_{size}", size, views) if folder is None else folder

@@ -14,27 +14,13 @@ All batched helpers take a leading view dimension N and compute in the dtype of 
 """
 from __future__ import annotations
 
-import json
 from dataclasses import replace
 from pathlib import Path
 
 import torch
 
+from .camera_file import CameraFile, parse_camera_data, read_camera_file
 from .types import Cameras
-
-_ROTATION_TOL = 1e-3
-
-
-def _matrix(value, shape: tuple[int, int], what: str, source: str) -> torch.Tensor:
-    try:
-        m = torch.tensor(value, dtype=torch.float64)
-    except (TypeError, ValueError) as e:
-        raise ValueError(f"{source}: {what} is not a numeric matrix ({e})") from None
-    if tuple(m.shape) != shape:
-        raise ValueError(f"{source}: {what} has shape {list(m.shape)}, expected {list(shape)}")
-    if not torch.isfinite(m).all():
-        raise ValueError(f"{source}: {what} has non-finite entries")
-    return m
 
 
 def angles_from_camera_to_world(camera_to_world: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -75,89 +61,25 @@ def make_cameras(intrinsics: torch.Tensor, world_to_camera: torch.Tensor, image_
     )
 
 
-def parse_cameras(data: dict, source: str = "cameras.json") -> Cameras:
-    """Parse the cameras.json schema (see ``../shared/data/syncdreamer_cameras.json``) into :class:`Cameras`.
-
-    ``data["views"]`` is a list of objects with ``K`` (3x3) and ``world_to_camera`` (3x4 or 4x4) or
-    ``camera_to_world`` (4x4); optional ``index`` (views are ordered by it and must run 0..N-1), ``image_size``
-    ([height, width] the K is given for; a top-level ``image_size`` is the default) and ``azimuth_deg`` /
-    ``elevation_deg`` (computed from the camera centre when absent). Views whose K is given for another size than the
-    first view's are rescaled to it. Raises ValueError naming ``source`` and the view on any malformed entry.
-    """
-    views = data.get("views") if isinstance(data, dict) else None
-    if not isinstance(views, list) or not views:
-        raise ValueError(f"{source}: expected an object with a non-empty 'views' list")
-    default_size = data.get("image_size")
-    entries = []
-    for pos, v in enumerate(views):
-        if not isinstance(v, dict):
-            raise ValueError(f"{source}: views[{pos}] is not an object")
-        index = v.get("index", pos)
-        if not isinstance(index, int):
-            raise ValueError(f"{source}: views[{pos}] has a non-integer index {index!r}")
-        entries.append((index, pos, v))
-    entries.sort(key=lambda e: e[0])
-    indices = [e[0] for e in entries]
-    if indices != list(range(len(entries))):
-        missing = sorted(set(range(len(entries))) - set(indices))
-        raise ValueError(f"{source}: camera indices must run 0..{len(entries) - 1} without gaps or repeats; "
-                         f"got {indices}" + (f" (missing {missing})" if missing else ""))
-
-    ks, w2cs, sizes, az, el = [], [], [], [], []
-    for index, _, v in entries:
-        where = f"{source}: view {index:02d}"
-        if "K" not in v:
-            raise ValueError(f"{where} has no 'K'")
-        k = _matrix(v["K"], (3, 3), "K", where)
-        if k[0, 0] <= 0 or k[1, 1] <= 0:
-            raise ValueError(f"{where}: K has non-positive focal lengths fx={k[0, 0].item()}, fy={k[1, 1].item()}")
-        if "world_to_camera" in v:
-            raw = v["world_to_camera"]
-            rows = len(raw) if isinstance(raw, list) else 0
-            w2c = _matrix(raw, (4, 4) if rows == 4 else (3, 4), "world_to_camera", where)[:3]
-        elif "camera_to_world" in v:
-            c2w = _matrix(v["camera_to_world"], (4, 4), "camera_to_world", where)
-            w2c = torch.linalg.inv(c2w)[:3]
-        else:
-            raise ValueError(f"{where} has neither 'world_to_camera' nor 'camera_to_world'")
-        r = w2c[:, :3]
-        if (r @ r.T - torch.eye(3, dtype=torch.float64)).abs().max() > _ROTATION_TOL or torch.det(r) < 0:
-            raise ValueError(f"{where}: the rotation part of world_to_camera is not a proper rotation")
-        size = v.get("image_size", default_size)
-        if size is None:
-            raise ValueError(f"{where} has no 'image_size' (and the file has no top-level one)")
-        if (not isinstance(size, (list, tuple)) or len(size) != 2
-                or not all(isinstance(s, (int, float)) and s > 0 for s in size)):
-            raise ValueError(f"{where}: image_size must be [height, width], got {size!r}")
-        ks.append(k)
-        w2cs.append(w2c)
-        sizes.append((int(size[0]), int(size[1])))
-        az.append(v.get("azimuth_deg"))
-        el.append(v.get("elevation_deg"))
-
-    size0 = sizes[0]
-    for i, s in enumerate(sizes):
-        if s != size0:
-            ks[i] = scale_intrinsics(ks[i], s, size0)
-    intrinsics = torch.stack(ks)
-    world_to_camera = torch.stack(w2cs)
-    cams = make_cameras(intrinsics, world_to_camera, size0)
-    if all(a is not None for a in az) and all(e is not None for e in el):
-        cams = replace(cams, azimuth_deg=torch.tensor(az, dtype=torch.float64) % 360.0,
-                       elevation_deg=torch.tensor(el, dtype=torch.float64))
+def cameras_from_file(cameras: CameraFile) -> Cameras:
+    """The :class:`Cameras` of a checked camera file (angles from the file when it states them, else the centres')."""
+    cams = make_cameras(torch.from_numpy(cameras.intrinsics), torch.from_numpy(cameras.world_to_camera),
+                        cameras.image_size)
+    if cameras.azimuth_deg is not None:
+        cams = replace(cams, azimuth_deg=torch.from_numpy(cameras.azimuth_deg),
+                       elevation_deg=torch.from_numpy(cameras.elevation_deg))
     return cams
+
+
+def parse_cameras(data: dict, source: str = "cameras.json") -> Cameras:
+    """Parse the cameras.json schema (see :func:`glimpse.camera_file.parse_camera_data`) into :class:`Cameras`;
+    raises ValueError naming ``source`` and the view on any malformed entry."""
+    return cameras_from_file(parse_camera_data(data, source))
 
 
 def load_cameras(path: str | Path) -> Cameras:
     """Read a cameras.json file; errors name the file."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: cameras file does not exist")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(f"{path}: not a readable JSON file ({e})") from None
-    return parse_cameras(data, str(path))
+    return cameras_from_file(read_camera_file(path))
 
 
 def orbit_cameras(n: int, image_size: tuple[int, int] = (256, 256), radius: float = 1.5, elevation_deg: float = 30.0,

@@ -75,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run_options(args: argparse.Namespace):
-    from .runner.run import USER_OPTIONS, RunOptions
+    from .runner.prepare import USER_OPTIONS, RunOptions
 
     return RunOptions(viewset=args.viewset, out=getattr(args, "out", None), servers=args.servers,
                       workflow=args.workflow, overrides={k: getattr(args, k) for k in USER_OPTIONS},

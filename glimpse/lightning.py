@@ -7,13 +7,13 @@ end_at_step=N`` (add_noise enabled, euler, sgm_uniform, cfg 1.0); with SamplerCu
 sgm_uniform sigmas sliced ``[k:]`` (``executed + 1`` values ending in 0). KSampler's ``denoise`` is never used: it
 builds a longer schedule and keeps its tail, which moves the timesteps off the grid the model was trained on.
 
-The grid (:func:`sgm_uniform_sigmas`) is a pure re-statement of what ComfyUI's ``sgm_uniform`` computes from a
-discrete model's sigma table: timesteps ``linspace(t(sigma_max), t(sigma_min), N + 1)[:-1]`` (999, 749.25, 499.5,
+The grid (restated in ``tests/fixtures/sigmas.py`` and checked there against ComfyUI) is what ComfyUI's
+``sgm_uniform`` computes from a discrete model's sigma table: timesteps ``linspace(t(sigma_max), t(sigma_min), N + 1)[:-1]`` (999, 749.25, 499.5,
 249.75 for N=4 on a 1000-step table), each turned into a sigma by linear interpolation of log-sigma between the two
 neighbouring table entries, then a final 0. ByteDance's reference ("trailing" spacing) uses the integer timesteps
 999, 749, 499, 249; the fractional offset changes sigma by well under 1 % and ComfyUI's scheduler is what users run,
-so ComfyUI's grid is the reference here. The node itself asks ComfyUI for the sigmas; this module documents and
-unit-tests the rule.
+so ComfyUI's grid is the reference here. The node itself asks ComfyUI for the sigmas; this module holds the rule
+(plain Python: the runner checks ``--steps`` with it without importing torch).
 """
 from __future__ import annotations
 
@@ -21,14 +21,7 @@ import math
 import re
 from dataclasses import dataclass
 
-import torch
-
 LIGHTNING_STEPS = (1, 2, 4, 8)
-
-# SDXL's discrete noise schedule ("scaled linear" betas, as in ComfyUI's model_sampling / diffusers).
-SDXL_LINEAR_START = 0.00085
-SDXL_LINEAR_END = 0.012
-SDXL_TIMESTEPS = 1000
 
 _STEPS_IN_NAME = re.compile(r"(?<![0-9])([0-9]+)[ _-]?steps?(?![a-z])", re.IGNORECASE)
 _X0_IN_NAME = re.compile(r"(?:^|[^a-z0-9])x0(?:[^a-z0-9]|$)", re.IGNORECASE)
@@ -46,13 +39,6 @@ class Img2ImgPlan:
     start_at_step: int
     executed: int
     strength: float
-
-    def slice(self, sigmas: torch.Tensor) -> torch.Tensor:
-        """The executed part of a full N-step sigma schedule (N + 1 values): ``sigmas[k:]``, ``executed + 1`` values."""
-        if sigmas.ndim != 1 or sigmas.shape[0] != self.steps + 1:
-            raise ValueError(f"expected the {self.steps}-step schedule ({self.steps + 1} sigmas), got shape "
-                             f"{tuple(sigmas.shape)}")
-        return sigmas[self.start_at_step:]
 
 
 def check_strength(strength: float) -> float:
@@ -88,43 +74,6 @@ def plan_img2img(steps: int, strength: float) -> Img2ImgPlan:
     n = check_steps(steps)
     executed = executed_steps(n, strength)
     return Img2ImgPlan(steps=n, start_at_step=n - executed, executed=executed, strength=float(strength))
-
-
-def sdxl_discrete_sigmas(timesteps: int = SDXL_TIMESTEPS) -> torch.Tensor:
-    """SDXL's discrete sigma table (ascending, float32): sqrt((1 - a_bar) / a_bar) for the scaled-linear betas."""
-    betas = torch.linspace(SDXL_LINEAR_START ** 0.5, SDXL_LINEAR_END ** 0.5, timesteps, dtype=torch.float64) ** 2
-    alphas_cumprod = torch.cumprod(1.0 - betas, dim=0)
-    return (((1 - alphas_cumprod) / alphas_cumprod) ** 0.5).float()
-
-
-def sgm_uniform_sigmas(discrete_sigmas: torch.Tensor, steps: int) -> torch.Tensor:
-    """The N-step ``sgm_uniform`` schedule (N + 1 float32 sigmas, the last 0) of a discrete model.
-
-    ``discrete_sigmas`` is the model's ascending sigma table (ComfyUI's ``model_sampling.sigmas``, e.g.
-    :func:`sdxl_discrete_sigmas`). Equivalent to ComfyUI's ``calculate_sigmas(model_sampling, "sgm_uniform", N)`` for a
-    ``ModelSamplingDiscrete`` model (eps or x0: both share the table); the tests/comfy suite checks it against ComfyUI.
-    """
-    if steps < 1:
-        raise ValueError(f"steps must be >= 1, got {steps}")
-    table = discrete_sigmas.detach().float().cpu()
-    if table.ndim != 1 or table.shape[0] < 2:
-        raise ValueError(f"discrete_sigmas must be a 1-D table of at least 2 sigmas, got shape {tuple(table.shape)}")
-    log_sigmas = table.log()
-    t_start = float(len(table) - 1)  # the timestep of sigma_max (the last entry of an ascending table)
-    t_end = 0.0  # the timestep of sigma_min
-    timesteps = torch.linspace(t_start, t_end, steps + 1)[:-1]
-    out = []
-    for t in timesteps:
-        t = torch.clamp(t.float(), 0, len(table) - 1)
-        lo, hi, w = t.floor().long(), t.ceil().long(), t.frac()
-        out.append(float(((1 - w) * log_sigmas[lo] + w * log_sigmas[hi]).exp()))
-    return torch.tensor(out + [0.0], dtype=torch.float32)
-
-
-def img2img_sigmas(discrete_sigmas: torch.Tensor, steps: int, strength: float) -> torch.Tensor:
-    """The sigmas an img2img pass at strength s runs on the N-step grid: ``sgm_uniform(N)[k:]``."""
-    plan = plan_img2img(steps, strength)
-    return plan.slice(sgm_uniform_sigmas(discrete_sigmas, plan.steps))
 
 
 def steps_from_name(filename: str) -> int | None:

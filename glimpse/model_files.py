@@ -29,7 +29,8 @@ _ADM_KEYS = ("label_emb.0.0.weight", "add_embedding.linear_1.weight")
 def read_safetensors_header(path: str | Path) -> dict[str, dict]:
     """The tensor entries of a safetensors file: ``{name: {"dtype", "shape", "data_offsets"}}`` (no metadata).
 
-    Raises FileNotFoundError / ValueError naming the file when it is missing or not a safetensors file.
+    Raises FileNotFoundError / ValueError naming the file when it is missing, not a safetensors file, or truncated
+    (its header describes more tensor data than the file holds), before any loader sees it.
     """
     path = Path(path)
     if not path.is_file():
@@ -49,7 +50,26 @@ def read_safetensors_header(path: str | Path) -> dict[str, dict]:
         raise ValueError(f"{path.name} is not a safetensors file (its header is not JSON: {e})") from None
     if not isinstance(header, dict):
         raise ValueError(f"{path.name} is not a safetensors file (its header is not a JSON object)")
-    return {k: v for k, v in header.items() if k != "__metadata__" and isinstance(v, dict) and "shape" in v}
+    tensors = {k: v for k, v in header.items() if k != "__metadata__" and isinstance(v, dict) and "shape" in v}
+    _check_data_size(path, tensors, size - 8 - n)
+    return tensors
+
+
+def _check_data_size(path: Path, tensors: dict[str, dict], available: int) -> None:
+    """The header's tensor data must end exactly where the file does (what safetensors itself demands on load)."""
+    end = 0
+    for name, entry in tensors.items():
+        offsets = entry.get("data_offsets")
+        if (not isinstance(offsets, list) or len(offsets) != 2 or not all(isinstance(o, int) for o in offsets)
+                or not 0 <= offsets[0] <= offsets[1]):
+            raise ValueError(f"{path.name} is not a safetensors file (tensor {name!r} has data_offsets {offsets!r})")
+        end = max(end, offsets[1])
+    if end > available:
+        raise ValueError(f"{path.name} is truncated: its header describes {end} bytes of tensor data but only "
+                         f"{available} follow it (an interrupted download or copy?); fetch the file again")
+    if end < available:
+        raise ValueError(f"{path.name} is not a valid safetensors file: {available - end} bytes follow the "
+                         f"{end} bytes of tensor data its header describes")
 
 
 @dataclass(frozen=True)

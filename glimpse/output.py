@@ -1,8 +1,6 @@
-"""Writing results safely: atomic files, folder names that stay inside the output root, manifests.
+"""Writing results safely: folder names that stay inside the output root, manifests.
 
-- :func:`atomic_write_bytes` writes to a temporary name in the destination folder, fsyncs, then ``os.replace``\\ s:
-  a reader sees the old file or the whole new one, and a failure (full disk, unwritable folder) removes the
-  temporary file and raises an ``OSError`` whose message names the destination.
+- Every file is written with :func:`glimpse.files.atomic_write_bytes` (temp file, fsync, rename).
 - :func:`resolve_subfolder` refuses absolute paths and ``..`` and anything that resolves (through symlinks) outside
   the root.
 - :func:`claim_folder`: existing results are never overwritten silently. A folder is reused while none of the files
@@ -17,9 +15,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
 import re
-import tempfile
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -30,41 +26,8 @@ from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
 from . import __version__
+from .files import atomic_write_bytes, atomic_write_json
 from .types import Cameras
-
-
-
-def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
-    """Write ``data`` to ``path`` atomically (temp file in the same folder, fsync, rename)."""
-    path = Path(path)
-    folder = path.parent
-    try:
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.", suffix=".tmp")
-    except OSError as e:
-        raise OSError(e.errno, f"cannot write {path}: {e.strerror or e}") from None
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as e:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        if isinstance(e, OSError):
-            raise OSError(e.errno, f"cannot write {path}: {e.strerror or e}") from None
-        raise
-    return path
-
-
-def atomic_write_text(path: str | Path, text: str) -> Path:
-    return atomic_write_bytes(path, text.encode("utf-8"))
-
-
-def atomic_write_json(path: str | Path, data) -> Path:
-    return atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False, allow_nan=False) + "\n")
 
 
 def png_bytes(array: np.ndarray, text: dict[str, str] | None = None, compress_level: int = 4) -> bytes:
@@ -142,14 +105,6 @@ def claim_folder(root: str | Path, name: str, files: list[str], policy: str = "s
 
 def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
-
-
-def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(chunk), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def tensor_digest(t: torch.Tensor) -> str:

@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 from pathlib import Path
+
+from .views import view_indices
 
 # torch, Pillow and the scoring modules are imported when the command runs, so that building the CLI parser (and
 # ``glimpse-enhance --help``) stays fast.
 
-_VIEW_RE = re.compile(r"^view_(\d+)\.png$", re.IGNORECASE)
 BACKGROUND = (0.5, 0.5, 0.5)
 
 
@@ -39,11 +39,10 @@ def add_parser(sub) -> argparse.ArgumentParser:
 def _view_files(folder: Path) -> dict[int, Path]:
     if not folder.is_dir():
         raise FileNotFoundError(f"{folder}: VIEWS_DIR is not a folder")
-    found = {}
-    for p in folder.iterdir():
-        m = _VIEW_RE.match(p.name)
-        if m:
-            found[int(m.group(1))] = p
+    try:
+        found = {i: folder / name for i, name in view_indices([p.name for p in folder.iterdir()]).items()}
+    except ValueError as e:
+        raise ValueError(f"{folder}: {e}") from None
     if not found:
         raise ValueError(f"{folder}: no view_XX.png files")
     return found
@@ -56,9 +55,10 @@ def load_views(folder: Path, n: int, size: tuple[int, int], canvas: tuple[int, i
     ``offset`` (top, left) of the set's canvas. ``spec`` is the set's ViewSetSpec. Errors name the file."""
     import torch
     import torch.nn.functional as F
-    from PIL import Image, UnidentifiedImageError
 
-    from .viewset import ViewFiles, ViewSetSpec, load_view_set
+    from .scan import ViewFiles, ViewSetSpec
+    from .view_images import image_header
+    from .viewset import load_view_set
 
     files = _view_files(folder)
     missing = [i for i in range(n) if i not in files]
@@ -74,13 +74,7 @@ def load_views(folder: Path, n: int, size: tuple[int, int], canvas: tuple[int, i
     views = []
     for i in range(n):
         path = files[i]
-        try:
-            with Image.open(path) as im:
-                im.load()
-                iw, ih = im.size
-                has_alpha = im.mode in ("RGBA", "LA", "PA") or "transparency" in im.info
-        except (OSError, UnidentifiedImageError) as e:
-            raise ValueError(f"{path}: not a readable image ({e})") from None
+        (ih, iw), has_alpha, _ = image_header(path, path.name)
         if views and (ih, iw) != views[0].size:
             raise ValueError(f"{path.name} is {iw}x{ih} but {views[0].image.name} is {views[0].size[1]}x"
                              f"{views[0].size[0]}: the views of VIEWS_DIR must share one size")
@@ -103,7 +97,8 @@ def load_views(folder: Path, n: int, size: tuple[int, int], canvas: tuple[int, i
 def score_folders(views_dir: Path, set_dir: Path, depth_tolerance: float = 0.01) -> dict:
     """Score VIEWS_DIR against the view set at SET_DIR (see the module docstring)."""
     from .consistency import score_views
-    from .viewset import load_view_set, scan_view_set, views_without_depth
+    from .scan import scan_view_set
+    from .viewset import load_view_set, views_without_depth
 
     spec = scan_view_set(set_dir)
     vs = load_view_set(spec, resolution=0, background=BACKGROUND)
@@ -132,7 +127,7 @@ def main(args: argparse.Namespace) -> int:
         sys.stderr.write(f"glimpse-enhance score: {note}\n")
     text = json.dumps(result, allow_nan=False)
     if args.json_out is not None:
-        from .output import atomic_write_json
+        from .files import atomic_write_json
 
         try:
             atomic_write_json(args.json_out, result)

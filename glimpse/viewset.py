@@ -1,13 +1,7 @@
-"""View sets on disk: discover and validate a folder (or a SyncDreamer strip), then load it at a working resolution.
+"""Loading a view set at a working resolution: views composited over a background, alpha, depth, cameras (torch).
 
-A view-set folder holds ``cameras.json`` (schema of ``../shared/data/syncdreamer_cameras.json``), ``view_XX.png``
-(RGB or RGBA, straight alpha = render opacity) for XX = 00..N-1, and optionally ``view_XX_depth.npy|npz|exr|png``
-(camera-space z in scene units; 0 or non-finite = background) and ``view_XX_mask.png``. A SyncDreamer strip is one
-image holding N square views side by side (or stacked); its cameras are ``<stem>_cameras.json`` beside it when present,
-otherwise SyncDreamer's 16-camera orbit (:func:`glimpse.cameras.orbit_cameras`).
-
-:func:`scan_view_set` checks everything that can be checked from file headers (and PNG integrity) before any pixel is
-decoded; :func:`load_view_set` then decodes, composites and resizes. Nothing here ever writes to the set's folder.
+:func:`glimpse.scan.scan_view_set` checks the set from its headers first (see :mod:`glimpse.scan` for the layout);
+:func:`load_view_set` then decodes, composites and resizes. Nothing here ever writes to the set's folder.
 
 Decisions:
 
@@ -15,87 +9,39 @@ Decisions:
   fully opaque.
 - Depth validity is ``isfinite(z) and z > 0``. NaN/inf and negative values are counted, logged and masked; a view whose
   depth has no valid pixel is loaded as a view without depth (downstream falls back to monocular estimation or raises).
-- 16-bit PNG depth needs a scale (scene units per count): an argument, or ``depth_png_scale`` in cameras.json.
 - The working size keeps the aspect ratio: the long side becomes ``resolution`` (a multiple of 64), the short side is
   padded with the background colour up to the next multiple of 64 (content centred). Padded pixels have alpha 0 and
   invalid depth, and the intrinsics are adjusted to match (:func:`glimpse.cameras.letterbox_cameras`).
+- Views above 16 Mpx are box-reduced by an integer factor right after decoding (keeping at least twice the working
+  size) when the working size is that much smaller, so a huge render loaded for a small working size costs about one
+  8-bit copy of it, not a float one.
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import math
 import os
-import re
-import zipfile
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, UnidentifiedImageError
 
-from .cameras import letterbox_cameras, load_cameras, orbit_cameras, scale_intrinsics, select_cameras
+from .cameras import cameras_from_file, letterbox_cameras, orbit_cameras, select_cameras
 from .depth import near_far_of, sample_stride
-from .runner.viewset import parse_selection
+from .depth_files import read_depth
+from .scan import ViewFiles, ViewSetSpec, scan_view_set
 from .types import Cameras, DepthMaps
+from .view_images import read_rgba, reduce_factor
+from .views import select_views
 
 log = logging.getLogger(__name__)
 
-DEPTH_EXTENSIONS = (".npy", ".npz", ".exr", ".png")
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp")
 MULTIPLE = 64
 LOAD_THREADS = 4  # views decoded at once (bounded by the CPU count)
-_VIEW_RE = re.compile(r"^view_(\d+)\.png$", re.IGNORECASE)
-_EXR_DEPTH_CHANNELS = ("Z", "depth", "Depth", "D", "Y", "R", "V")
-
-
-@dataclass(frozen=True)
-class ViewFiles:
-    """One view's files and what their headers say. ``size`` is (height, width) of the image."""
-
-    index: int
-    image: Path
-    depth: Path | None
-    mask: Path | None
-    size: tuple[int, int]
-    has_alpha: bool
-
-    @property
-    def name(self) -> str:
-        return f"view_{self.index:02d}"
-
-
-@dataclass(frozen=True)
-class ViewSetSpec:
-    """A validated view set: what :func:`scan_view_set` found, ready for :func:`load_view_set`."""
-
-    root: Path
-    kind: str  # "folder" or "strip"
-    views: tuple[ViewFiles, ...]
-    cameras: Cameras  # K scaled to the images' native size
-    cameras_path: Path | None
-    depth_png_scale: float | None
-    strip_views: int = 0
-    strip_axis: int = 1  # 1: side by side, 0: stacked
-
-    def __len__(self) -> int:
-        return len(self.views)
-
-    def files(self) -> list[Path]:
-        """Every file the set is read from (for fingerprints)."""
-        out = [self.root] if self.kind == "strip" else []
-        for v in self.views:
-            if self.kind == "folder":
-                out.append(v.image)
-            out += [p for p in (v.depth, v.mask) if p is not None]
-        if self.cameras_path is not None:
-            out.append(self.cameras_path)
-        return out
 
 
 @dataclass(frozen=True)
@@ -129,219 +75,12 @@ class ViewSet:
     spec: ViewSetSpec
 
 
-# ---------------------------------------------------------------------------------------------------------- scanning
+def set_cameras(spec: ViewSetSpec) -> Cameras:
+    """The set's cameras at its native size: its camera file's, else (a strip without one) SyncDreamer's orbit."""
+    if spec.cameras is None:
+        return orbit_cameras(len(spec), spec.views[0].size)
+    return cameras_from_file(spec.cameras)
 
-def _image_header(path: Path, what: str) -> tuple[tuple[int, int], bool, str]:
-    """(height, width), has alpha, mode; checks the whole PNG stream (CRCs, truncation) without decoding pixels."""
-    try:
-        with Image.open(path) as im:
-            size, mode = (im.height, im.width), im.mode
-            has_alpha = mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in im.info
-            im.verify()
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{what}: {path} does not exist") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        raise ValueError(f"{what}: {path} is not a readable image (truncated or corrupt: {e})") from None
-    return size, has_alpha, mode
-
-
-def _npz_depth_key(path: Path, what: str) -> str:
-    try:
-        with zipfile.ZipFile(path) as z:
-            keys = [n[:-4] for n in z.namelist() if n.endswith(".npy")]
-    except (zipfile.BadZipFile, OSError) as e:
-        raise ValueError(f"{what}: {path} is not a readable .npz file ({e})") from None
-    if "depth" in keys:
-        return "depth"
-    if len(keys) == 1:
-        return keys[0]
-    raise ValueError(f"{what}: {path} has no array named 'depth' (arrays: {keys})")
-
-
-def _depth_header(path: Path, what: str) -> tuple[int, int]:
-    """(height, width) of a depth file without reading its pixels."""
-    ext = path.suffix.lower()
-    try:
-        if ext == ".npy":
-            shape = np.load(path, mmap_mode="r", allow_pickle=False).shape
-        elif ext == ".npz":
-            key = _npz_depth_key(path, what)
-            with zipfile.ZipFile(path) as z, z.open(key + ".npy") as f:
-                version = np.lib.format.read_magic(f)
-                read = np.lib.format.read_array_header_1_0 if version == (1, 0) else \
-                    np.lib.format.read_array_header_2_0
-                shape = read(f)[0]
-        elif ext == ".exr":
-            import OpenEXR
-
-            header = OpenEXR.File(str(path), header_only=True).header()
-            lo, hi = header["dataWindow"]
-            shape = (int(hi[1] - lo[1] + 1), int(hi[0] - lo[0] + 1))
-        else:
-            size, _, mode = _image_header(path, what)
-            if mode not in ("I;16", "I;16B", "I;16L", "I", "F"):
-                raise ValueError(f"{what}: {path} is a {mode} PNG; depth PNGs must be 16-bit single-channel "
-                                 "(an 8-bit depth map is too coarse)")
-            shape = size
-    except ValueError as e:
-        if str(e).startswith(what):
-            raise
-        raise ValueError(f"{what}: {path} is not a readable depth file ({e})") from None
-    except OSError as e:
-        raise ValueError(f"{what}: {path} is not a readable depth file ({e})") from None
-    shape = tuple(int(s) for s in shape)
-    if len(shape) == 3 and shape[2] == 1:
-        shape = shape[:2]
-    if len(shape) != 2:
-        raise ValueError(f"{what}: {path} holds an array of shape {list(shape)}, expected [height, width]")
-    return shape
-
-
-def _find_one(folder: Path, stem: str, extensions: tuple[str, ...], names: dict[str, Path], what: str) -> Path | None:
-    found = [names[(stem + e).lower()] for e in extensions if (stem + e).lower() in names]
-    if len(found) > 1:
-        raise ValueError(f"{what}: several files for one view in {folder}: {', '.join(p.name for p in found)}; "
-                         "keep one")
-    return found[0] if found else None
-
-
-def _check_camera_sizes(cameras: Cameras, size: tuple[int, int], where: str) -> Cameras:
-    """Scale K from the cameras' image_size to the actual image size (same aspect ratio required)."""
-    ch, cw = cameras.image_size
-    h, w = size
-    if abs(cw / ch - w / h) > 0.01 * (w / h):
-        raise ValueError(f"{where}: the cameras are given for {cw}x{ch} images but the views are {w}x{h} "
-                         "(a different aspect ratio; K cannot be scaled to it)")
-    if (ch, cw) == (h, w):
-        return cameras
-    return replace(cameras, intrinsics=scale_intrinsics(cameras.intrinsics, (ch, cw), (h, w)), image_size=(h, w))
-
-
-def _scan_folder(folder: Path, depth_png_scale: float | None) -> ViewSetSpec:
-    entries = {p.name.lower(): p for p in folder.iterdir() if p.is_file()}
-    indices = {}
-    for low, p in entries.items():
-        m = _VIEW_RE.match(low)
-        if m:
-            i = int(m.group(1))
-            if i in indices:
-                raise ValueError(f"{folder}: view index {i} appears twice ({indices[i].name}, {p.name})")
-            indices[i] = p
-    if not indices:
-        raise FileNotFoundError(f"{folder}: no view images (expected view_00.png, view_01.png, ...)")
-    n = max(indices) + 1
-    missing = [i for i in range(n) if i not in indices]
-    if missing:
-        names = ", ".join(f"view_{i:02d}.png" for i in missing[:8]) + (" ..." if len(missing) > 8 else "")
-        raise ValueError(f"{folder}: view indices have a gap: {names} missing (found {len(indices)} views, "
-                         f"highest view_{n - 1:02d}); views must run view_00..view_{len(indices) - 1:02d}")
-    cameras_path = entries.get("cameras.json")
-    if cameras_path is None:
-        raise FileNotFoundError(f"{folder}: cameras.json is missing (a view set needs the cameras of its {n} views)")
-    cameras = load_cameras(cameras_path)
-    if len(cameras) != n:
-        raise ValueError(f"{cameras_path}: has {len(cameras)} cameras but {folder} has {n} views "
-                         f"(view_00..view_{n - 1:02d}); they must match")
-    if depth_png_scale is None:
-        try:
-            raw = json.loads(cameras_path.read_text(encoding="utf-8")).get("depth_png_scale")
-        except (OSError, ValueError, AttributeError):
-            raw = None
-        depth_png_scale = float(raw) if isinstance(raw, (int, float)) and raw > 0 else None
-
-    views = []
-    size0 = None
-    for i in range(n):
-        name = f"view_{i:02d}"
-        image = indices[i]
-        size, has_alpha, _ = _image_header(image, f"{name} image")
-        if size0 is None:
-            size0 = size
-        elif size != size0:
-            raise ValueError(f"{name}: {image.name} is {size[1]}x{size[0]} but view_00 is {size0[1]}x{size0[0]}; "
-                             "all views of a set must have one size")
-        depth = _find_one(folder, f"{name}_depth", DEPTH_EXTENSIONS, entries, f"{name} depth")
-        if depth is not None:
-            dsize = _depth_header(depth, f"{name} depth")
-            if dsize != size:
-                raise ValueError(f"{name} depth is {dsize[1]}x{dsize[0]} but its image is {size[1]}x{size[0]} "
-                                 f"({depth.name} vs {image.name})")
-            if depth.suffix.lower() == ".png" and depth_png_scale is None:
-                raise ValueError(f"{name} depth: {depth} is a 16-bit PNG, which needs a stated scale (scene units "
-                                 "per count): set depth_png_scale, or 'depth_png_scale' in cameras.json")
-        mask = entries.get(f"{name}_mask.png")
-        if mask is not None:
-            msize, _, _ = _image_header(mask, f"{name} mask")
-            if msize != size:
-                raise ValueError(f"{name} mask is {msize[1]}x{msize[0]} but its image is {size[1]}x{size[0]} "
-                                 f"({mask.name} vs {image.name})")
-        views.append(ViewFiles(i, image, depth, mask, size, has_alpha))
-    cameras = _check_camera_sizes(cameras, size0, str(cameras_path))
-    return ViewSetSpec(folder, "folder", tuple(views), cameras, cameras_path, depth_png_scale)
-
-
-def _scan_strip(path: Path, strip_views: int) -> ViewSetSpec:
-    (h, w), has_alpha, _ = _image_header(path, "strip")
-    if strip_views <= 0:
-        if w >= h and w % h == 0:
-            strip_views = w // h
-        elif h > w and h % w == 0:
-            strip_views = h // w
-        else:
-            raise ValueError(f"strip: {path} is {w}x{h}, not a row or column of square views; give the view count")
-    axis = 1 if w % strip_views == 0 and (w // strip_views <= h or h % strip_views != 0) else 0
-    if (w if axis == 1 else h) % strip_views:
-        raise ValueError(f"strip: {path} is {w}x{h}, which does not split into {strip_views} equal views")
-    size = (h, w // strip_views) if axis == 1 else (h // strip_views, w)
-    cameras_path = next((p for p in (path.with_name(path.stem + "_cameras.json"),
-                                     path.with_name(path.stem + ".cameras.json")) if p.is_file()), None)
-    if cameras_path is not None:
-        cameras = load_cameras(cameras_path)
-        if len(cameras) != strip_views:
-            raise ValueError(f"{cameras_path}: has {len(cameras)} cameras but the strip {path.name} is split into "
-                             f"{strip_views} views; they must match")
-        cameras = _check_camera_sizes(cameras, size, str(cameras_path))
-    else:
-        cameras = orbit_cameras(strip_views, size)
-    views = tuple(ViewFiles(i, path, None, None, size, has_alpha) for i in range(strip_views))
-    return ViewSetSpec(path, "strip", views, cameras, cameras_path, None, strip_views, axis)
-
-
-def scan_view_set(path: str | Path, strip_views: int = 0, depth_png_scale: float | None = None) -> ViewSetSpec:
-    """Find and validate a view set (folder, or strip image split into ``strip_views``; 0 = infer from its shape).
-
-    Reads headers only (and checks PNG streams for truncation); raises FileNotFoundError / ValueError naming the file
-    and the view on: a path that does not exist, no views, gaps in view indices, missing cameras.json, camera and
-    view counts that differ, images of different sizes, depth or mask sizes that differ from their image, a depth file
-    of an unknown layout, a 16-bit PNG depth without a scale, an unreadable or truncated file.
-    """
-    if path is None or not str(path).strip():
-        raise ValueError("view set path is empty")
-    p = Path(str(path).strip()).expanduser()
-    if not p.exists():
-        raise FileNotFoundError(f"{p}: the view set path does not exist")
-    if p.is_dir():
-        return _scan_folder(p, depth_png_scale if depth_png_scale and depth_png_scale > 0 else None)
-    if p.suffix.lower() not in IMAGE_EXTENSIONS:
-        raise ValueError(f"{p}: not a view-set folder nor a strip image ({', '.join(IMAGE_EXTENSIONS)})")
-    return _scan_strip(p, strip_views)
-
-
-def fingerprint(spec_or_path: ViewSetSpec | str | Path, hash_contents: bool = False, strip_views: int = 0) -> str:
-    """A digest that changes when any file of the set changes (name, size, mtime; or full contents when asked)."""
-    spec = spec_or_path if isinstance(spec_or_path, ViewSetSpec) else scan_view_set(spec_or_path, strip_views)
-    h = hashlib.sha256()
-    for f in spec.files():
-        st = f.stat()
-        h.update(f"{f.name}\0{st.st_size}\0{st.st_mtime_ns}\0".encode())
-        if hash_contents:
-            with open(f, "rb") as fh:
-                for chunk in iter(lambda: fh.read(1 << 20), b""):
-                    h.update(chunk)
-    return h.hexdigest()
-
-
-# ----------------------------------------------------------------------------------------------------------- loading
 
 def working_size(size: tuple[int, int], resolution: int, multiple: int = MULTIPLE
                  ) -> tuple[tuple[int, int], tuple[int, int], tuple[int, int]]:
@@ -389,55 +128,6 @@ def _fail_colour(value) -> tuple[float, float, float]:
     raise ValueError(f"background colour {value!r}: expected '#rrggbb', 'r,g,b' (0..1 or 0..255) or a grey 0..1")
 
 
-def _read_depth(path: Path, scale: float | None) -> np.ndarray:
-    ext = path.suffix.lower()
-    if ext == ".npy":
-        d = np.load(path, allow_pickle=False)
-    elif ext == ".npz":
-        with np.load(path, allow_pickle=False) as z:
-            d = z[_npz_depth_key(path, "depth")]
-    elif ext == ".exr":
-        import OpenEXR
-
-        with OpenEXR.File(str(path), separate_channels=True) as f:
-            channels = f.channels()
-            name = next((c for c in _EXR_DEPTH_CHANNELS if c in channels), None)
-            if name is None:
-                if len(channels) != 1:
-                    raise ValueError(f"{path}: no depth channel among {sorted(channels)} "
-                                     f"(looked for {', '.join(_EXR_DEPTH_CHANNELS)})")
-                name = next(iter(channels))
-            d = np.asarray(channels[name].pixels)
-    else:
-        with Image.open(path) as im:
-            d = np.asarray(im).astype(np.float32) * float(scale)
-    d = np.asarray(d)
-    if d.ndim == 3:
-        d = d[..., 0]
-    if not np.issubdtype(d.dtype, np.number):
-        raise ValueError(f"{path}: depth has dtype {d.dtype}, expected numbers")
-    return d.astype(np.float32, copy=False)
-
-
-def _load_rgba(view: ViewFiles, spec: ViewSetSpec, strip: np.ndarray | None) -> np.ndarray:
-    """uint8 [H,W,4] of one view (alpha from the image, else its mask file, else opaque)."""
-    if strip is not None:
-        h, w = view.size
-        i = view.index
-        return strip[:, i * w:(i + 1) * w] if spec.strip_axis == 1 else strip[i * h:(i + 1) * h]
-    with Image.open(view.image) as im:
-        im.load()
-        rgba = np.asarray(im.convert("RGBA") if view.has_alpha else im.convert("RGB"))
-    if rgba.shape[2] == 4:
-        return rgba
-    if view.mask is not None:
-        with Image.open(view.mask) as m:
-            a = np.asarray(m.convert("L"))
-    else:
-        a = np.full(rgba.shape[:2], 255, np.uint8)
-    return np.concatenate([rgba, a[..., None]], axis=-1)
-
-
 def load_view_set(spec_or_path: ViewSetSpec | str | Path, resolution: int = 1024,
                   background: tuple[float, float, float] | str = (0.5, 0.5, 0.5), strip_views: int = 0,
                   depth_png_scale: float | None = None, on_view: Callable[[int], None] | None = None,
@@ -466,11 +156,8 @@ def load_view_set(spec_or_path: ViewSetSpec | str | Path, resolution: int = 1024
     rows, cols = slice(top, top + resized[0]), slice(left, left + resized[1])
     stride = sample_stride(len(spec) * size[0] * size[1])
 
-    strip = None
-    if spec.kind == "strip":
-        with Image.open(spec.root) as im:
-            im.load()
-            strip = np.asarray(im.convert("RGBA"))
+    strip = read_rgba(spec.root, what="strip") if spec.kind == "strip" else None
+    factor = reduce_factor(size, resized) if strip is None else 1
     padded = canvas != resized
     images = bg.view(1, 1, 1, 3).repeat(n, *canvas, 1) if padded else torch.empty((n, *canvas, 3))
     alpha = torch.zeros((n, *canvas), dtype=torch.float32) if padded else torch.empty((n, *canvas))
@@ -486,25 +173,27 @@ def load_view_set(spec_or_path: ViewSetSpec | str | Path, resolution: int = 1024
             sample = z[z > 0]
         if k is None:  # not selected: its depth only counts towards the set's range
             return None, sample
-        u8 = _load_rgba(v, spec, strip)
+        u8 = (_strip_view(v, spec, strip) if strip is not None
+              else read_rgba(v.image, v.mask, v.has_alpha, factor, f"{v.name} image"))
+        src = u8.shape[:2]  # the native size, or the box-reduced one of a huge view
         a = u8[..., 3:4].astype(np.float32)
         a *= np.float32(1.0 / 255.0)
         # straight alpha over bg, in place in numpy (single-threaded passes that release the GIL; no torch
         # thread-pool stalls on a busy machine): rgb = bg + a * (colour - bg)
-        rgb_t = images[k, rows, cols] if resized == size else torch.empty((*size, 3), dtype=torch.float32)
+        rgb_t = images[k, rows, cols] if resized == src else torch.empty((*src, 3), dtype=torch.float32)
         rgb = rgb_t.numpy()
         rgb[...] = u8[..., :3]
         rgb *= np.float32(1.0 / 255.0)
         rgb -= bg_np
         rgb *= a
         rgb += bg_np
-        if resized == size:
+        if resized == src:
             alpha.numpy()[k, rows, cols] = a[..., 0]
             if d is not None:
                 depth.numpy()[k, rows, cols] = d.numpy()
             return report, sample
         x = torch.cat([rgb_t, torch.from_numpy(a)], dim=-1).permute(2, 0, 1).unsqueeze(0)
-        x = F.interpolate(x, size=resized, mode="bilinear", antialias=resized[0] < size[0],
+        x = F.interpolate(x, size=resized, mode="bilinear", antialias=resized[0] < src[0],
                           align_corners=False).clamp_(0, 1)[0]
         images[k, rows, cols] = x[:3].permute(1, 2, 0)
         alpha[k, rows, cols] = x[3]
@@ -544,7 +233,7 @@ def load_view_set(spec_or_path: ViewSetSpec | str | Path, resolution: int = 1024
         images=images,
         alpha=alpha,
         depth=DepthMaps(depth=depth, valid=torch.from_numpy(depth.numpy() > 0), near=near, far=far),
-        cameras=letterbox_cameras(select_cameras(spec.cameras, selected), resized, offset, canvas),
+        cameras=letterbox_cameras(select_cameras(set_cameras(spec), selected), resized, offset, canvas),
         content=(top, left, resized[0], resized[1]),
         source_size=size,
         depth_reports=tuple(reports),
@@ -552,24 +241,10 @@ def load_view_set(spec_or_path: ViewSetSpec | str | Path, resolution: int = 1024
     )
 
 
-def select_views(views: str | Sequence[int] | None, count: int) -> list[int]:
-    """'all' / None / '0-3,8' / a list of indices -> sorted unique view indices of a set of ``count`` views."""
-    if views is None or isinstance(views, str):
-        try:
-            return parse_selection(views or "all", count)
-        except ValueError as e:
-            raise ValueError(f"views: {e} (the set has {count} views)") from None
-    out = sorted({int(i) for i in views})
-    bad = [i for i in out if not 0 <= i < count]
-    if bad or not out:
-        raise ValueError(f"views: {bad or 'empty selection'} outside 0-{count - 1}")
-    return out
-
-
-def chunks(count: int, size: int) -> list[slice]:
-    """Slices cutting ``count`` views into chunks of at most ``size`` (``size`` < 1: one chunk)."""
-    size = count if size < 1 else size
-    return [slice(i, min(i + size, count)) for i in range(0, count, size)]
+def _strip_view(view: ViewFiles, spec: ViewSetSpec, strip: np.ndarray) -> np.ndarray:
+    h, w = view.size
+    i = view.index
+    return strip[:, i * w:(i + 1) * w] if spec.strip_axis == 1 else strip[i * h:(i + 1) * h]
 
 
 def _view_depth(v: ViewFiles, spec: ViewSetSpec, size: tuple[int, int],
@@ -577,10 +252,7 @@ def _view_depth(v: ViewFiles, spec: ViewSetSpec, size: tuple[int, int],
     """One view's depth with invalid pixels (NaN/inf, negative) set to 0, and its report (logged unless quiet)."""
     if v.depth is None:
         return None, DepthReport(v.index, None, 0, size[0] * size[1], 0, 0)
-    try:
-        d = torch.from_numpy(_read_depth(v.depth, spec.depth_png_scale))
-    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as e:
-        raise ValueError(f"{v.name} depth: {v.depth} could not be read ({e})") from None
+    d = torch.from_numpy(read_depth(v.depth, spec.depth_png_scale, f"{v.name} depth"))
     if tuple(d.shape) != tuple(size):
         raise ValueError(f"{v.name} depth is {d.shape[1]}x{d.shape[0]} but its image is {size[1]}x{size[0]} "
                          f"({v.depth.name})")
@@ -608,3 +280,8 @@ def _view_depth(v: ViewFiles, spec: ViewSetSpec, size: tuple[int, int],
 def views_without_depth(depth: DepthMaps) -> list[int]:
     """Indices of views with no valid depth pixel."""
     return [i for i in range(depth.valid.shape[0]) if not bool(depth.valid[i].any())]
+
+
+def views_without_alpha(alpha: torch.Tensor) -> list[int]:
+    """Positions of views whose alpha is 0 everywhere (fully transparent: nothing of them is enhanced or scored)."""
+    return [i for i in range(alpha.shape[0]) if not bool(alpha[i].any())]

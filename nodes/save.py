@@ -11,7 +11,8 @@ import folder_paths
 from comfy.cli_args import args
 from comfy_api.latest import io, ui
 
-from ..glimpse.output import save_view_set, sha256_file, workflow_facts
+from ..glimpse.files import sha256_file
+from ..glimpse.output import save_view_set, workflow_facts
 from ..glimpse.types import Cameras as CamerasValue
 from .types import Cameras, CrossView
 

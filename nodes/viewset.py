@@ -16,14 +16,9 @@ from comfy_api.latest import io
 from ..glimpse.types import Settings as SettingsValue
 from ..glimpse.cameras import select_cameras
 from ..glimpse.crossview.anchors import DEFAULT_ANCHOR_COUNT, anchor_order, anchors_first, parse_anchors
-from ..glimpse.viewset import (
-    fingerprint,
-    load_view_set,
-    parse_colour,
-    scan_view_set,
-    select_views,
-    views_without_depth,
-)
+from ..glimpse.scan import fingerprint, scan_view_set
+from ..glimpse.views import select_views, view_name
+from ..glimpse.viewset import load_view_set, parse_colour, set_cameras, views_without_alpha, views_without_depth
 from .types import Cameras, Depth, Settings
 
 log = logging.getLogger(__name__)
@@ -131,7 +126,7 @@ class LoadViewSet(io.ComfyNode):
                 if views is not None:
                     select_views(views, len(spec))
                 if anchors is not None:
-                    parse_anchors(anchors, spec.cameras, anchor_count)
+                    parse_anchors(anchors, set_cameras(spec).world_to_camera, anchor_count)
         except (OSError, ValueError) as e:
             return str(e)
         return True
@@ -154,7 +149,8 @@ class LoadViewSet(io.ComfyNode):
                 anchors = "none"  # no anchor chunk: the preset's chunking as it is
         spec = scan_view_set(resolve_path(path), strip_views, depth_png_scale or None)
         selected = select_views(views, len(spec))
-        anchor_views = parse_anchors(anchors, spec.cameras, anchor_count)
+        set_w2c = set_cameras(spec).world_to_camera
+        anchor_views = parse_anchors(anchors, set_w2c, anchor_count)
         bar = comfy.utils.ProgressBar(len(selected))
 
         def on_view(_: int) -> None:
@@ -162,6 +158,10 @@ class LoadViewSet(io.ComfyNode):
             bar.update(1)
 
         vs = load_view_set(spec, resolution=resolution, background=background, on_view=on_view, views=selected)
+        transparent = [selected[k] for k in views_without_alpha(vs.alpha)]
+        if transparent:
+            log.warning("LoadViewSet: %s fully transparent (alpha 0 everywhere): nothing of %s is enhanced or "
+                        "scored", ", ".join(map(view_name, transparent)), "it" if len(transparent) == 1 else "them")
         missing = [selected[k] for k in views_without_depth(vs.depth)]
         if missing and len(missing) < len(selected):
             log.info("LoadViewSet: %s have no depth; DepthControlNet needs images and a depth estimator for them",
@@ -173,7 +173,7 @@ class LoadViewSet(io.ComfyNode):
                  vs.images.shape[1], vs.content, len(parts), anchor_views or "none")
         set_key = hashlib.sha256(repr((fingerprint(spec), resolution, background, strip_views,
                                        depth_png_scale)).encode()).hexdigest()[:16]
-        order = anchor_order(spec.cameras, anchor_views)[selected] if anchor_views else None
+        order = torch.from_numpy(anchor_order(set_w2c, anchor_views)[selected]) if anchor_views else None
         cameras = replace(vs.cameras, anchors=tuple(anchor_views), anchor_order=order, set_key=set_key)
         return io.NodeOutput(
             [vs.images[c] for c in parts],

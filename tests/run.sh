@@ -32,6 +32,15 @@ else
     status=1
 fi
 
+# What the Comfy registry checks first (`comfy node publish` runs it too): comfy-cli from requirements-dev.txt, offline.
+if comfy --skip-prompt node validate </dev/null >/dev/null 2>&1; then
+    summary+=("suite registry: ran (comfy node validate: passed)")
+else
+    comfy --skip-prompt node validate </dev/null || echo "comfy-cli missing? pip install -r requirements-dev.txt"
+    summary+=("suite registry: FAILED (comfy node validate)")
+    status=1
+fi
+
 run_suite unit tests/unit
 
 if [ -z "${COMFYUI_PATH:-}" ]; then

@@ -9,9 +9,12 @@ with this pack linked into ``<tmp>/custom_nodes`` and, in the yaml, ``--models-d
 layout: checkpoints/, loras/, diffusion_models/, controlnet/, depth_estimators/) followed by ``$COMFYUI_PATH/models``
 (whose place --base-directory would otherwise hide); ComfyUI's own extra_model_paths.yaml is passed on as well. ``--cpu`` is added when
 torch sees no CUDA/MPS device. The server runs in its own session so the terminal's Ctrl-C reaches only the runner,
-which stops it (terminate, then kill after 10 s) and removes ``<tmp>``; on Linux the server also gets SIGTERM when the
-runner dies without cleaning up (SIGKILL), so no ComfyUI is left behind. Its log goes to ``<tmp>/comfyui.log``; when
-it fails to start the log's tail is in the error.
+which stops it (terminate, then kill after 10 s) and removes ``<tmp>`` (the uploaded inputs and the server-side
+outputs with it) on success, error, Ctrl-C and SIGTERM; on Linux the server also gets SIGTERM when the runner dies
+without cleaning up (SIGKILL), so no ComfyUI is left behind. ``<tmp>`` is ``glimpse-comfy-*`` in the system's
+temporary folder, named in the run's log, with the runner's pid in ``<tmp>/runner.pid``: the folder of a runner that
+was killed is removed by the next embedded start. Its log goes to ``<tmp>/comfyui.log``; when it fails to start the
+log's tail is in the error. ``GLIMPSE_KEEP_EMBEDDED=1`` keeps ``<tmp>`` for inspection.
 """
 from __future__ import annotations
 
@@ -30,6 +33,8 @@ from .client import ComfyClient, ServerUnreachable
 
 MODEL_FOLDERS = ("checkpoints", "loras", "diffusion_models", "controlnet", "depth_estimators", "vae", "clip")
 PACK_NAME = "glimpse-enhance"
+BASE_PREFIX = "glimpse-comfy-"
+PID_FILE = "runner.pid"
 
 
 class EmbeddedError(RuntimeError):
@@ -72,6 +77,30 @@ def _die_with_parent() -> None:
         pass
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def remove_stale_bases(tmp: Path | None = None) -> list[Path]:
+    """Remove the temporary folders of embedded servers whose runner is gone (killed before it could clean up)."""
+    removed = []
+    for base in Path(tmp or tempfile.gettempdir()).glob(BASE_PREFIX + "*"):
+        try:
+            pid = int((base / PID_FILE).read_text().strip())
+        except (OSError, ValueError):
+            continue  # not ours to judge (no pid file: an older runner, or still being created)
+        if not _alive(pid):
+            shutil.rmtree(base, ignore_errors=True)
+            removed.append(base)
+    return removed
+
+
 def _has_accelerator() -> bool:
     try:
         import torch
@@ -99,8 +128,12 @@ class EmbeddedComfy:
         comfy = comfyui_path()
         if self.models_dir and not self.models_dir.is_dir():
             raise EmbeddedError(f"--models-dir {self.models_dir} is not a folder")
-        self.base = Path(tempfile.mkdtemp(prefix="glimpse-comfy-"))
+        for stale in remove_stale_bases():
+            self.log(f"removed {stale}, left behind by a killed run")
+        self.base = Path(tempfile.mkdtemp(prefix=BASE_PREFIX))
+        (self.base / PID_FILE).write_text(f"{os.getpid()}\n")
         (self.base / "custom_nodes").mkdir()
+        self.log(f"embedded ComfyUI folder {self.base} (inputs, outputs, log; removed when the run ends)")
         pack = pack_root(comfy)
         if pack is None:
             self.log(f"warning: the Glimpse Enhance pack was not found (no checkout, no {comfy}/custom_nodes/"

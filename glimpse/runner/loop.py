@@ -30,6 +30,7 @@ from pathlib import Path
 
 from .embedded import EmbeddedComfy, EmbeddedError
 from .run import RunOptions, run
+from .signals import exit_code, stop_on_signals
 
 PLACEHOLDERS = ("round", "views_dir", "enhanced_dir", "render_dir", "round_dir", "work_dir")
 
@@ -62,6 +63,11 @@ def _run_cmd(kind: str, cmd: str, rnd: int, say) -> None:
 
 
 def loop(opts: RunOptions, rounds: int, refit_cmd: str, render_cmd: str, work_dir: Path | None = None) -> int:
+    with stop_on_signals():
+        return _loop(opts, rounds, refit_cmd, render_cmd, work_dir)
+
+
+def _loop(opts: RunOptions, rounds: int, refit_cmd: str, render_cmd: str, work_dir: Path | None) -> int:
     stream = opts.stream or sys.stderr
 
     def say(s: str) -> None:
@@ -123,9 +129,9 @@ def loop(opts: RunOptions, rounds: int, refit_cmd: str, render_cmd: str, work_di
     except EmbeddedError as e:
         say(f"error: {e}")
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
         say("interrupted; rerun the same command to resume (finished rounds are skipped)")
-        return 130
+        return exit_code(e)
     finally:
         if embedded is not None:
             embedded.stop()

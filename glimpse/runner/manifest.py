@@ -4,7 +4,7 @@ A view counts as done when the manifest records it with the current **params has
 the user's overrides and the input set's content hash) and every file it lists exists in OUT_DIR. Any change to the
 workflow, an override or an input file therefore reruns every view; a deleted output reruns that view only.
 
-The manifest is rewritten atomically (temp file + os.replace) after every finished chunk, so a run killed at any
+The manifest is rewritten atomically (:func:`glimpse.files.atomic_write_bytes`) after every finished chunk, so a run killed at any
 moment (Ctrl-C, SIGKILL, server death) leaves a manifest that matches the files on disk; ``missing_views`` lists the
 views still to do and ``complete`` says whether the set is finished.
 """
@@ -12,10 +12,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from pathlib import Path
 
+from ..files import atomic_write_bytes
 from .workflow import canonical_json
 
 FORMAT = "glimpse-enhance-run/1"
@@ -26,22 +25,6 @@ def params_hash(workflow: dict, overrides: dict, inputs_hash: str) -> str:
     blob = canonical_json({"workflow": workflow, "overrides": {k: v for k, v in overrides.items() if v is not None},
                            "inputs": inputs_hash})
     return hashlib.sha256(blob.encode()).hexdigest()
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temp file in the same folder and os.replace."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
 
 
 def load(out_dir: Path) -> dict:
@@ -94,4 +77,4 @@ def record(manifest: dict, view: int, params: str, files: list[str], **info) -> 
 
 
 def save(manifest: dict, out_dir: Path) -> None:
-    write_atomic(Path(out_dir) / MANIFEST, (json.dumps(manifest, indent=1, sort_keys=True) + "\n").encode())
+    atomic_write_bytes(Path(out_dir) / MANIFEST, (json.dumps(manifest, indent=1, sort_keys=True) + "\n").encode())

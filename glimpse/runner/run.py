@@ -2,186 +2,60 @@
 
 How a run goes:
 
-1. The API workflow is loaded (a canvas file is refused), the user's overrides are applied by class + input through
-   ``workflow.OVERRIDES`` (an override with no node to land on is an error, before anything is sent), the output
-   folder is checked for writing, and OUT_DIR/manifest.json decides which views are already done (params hash).
-   Nothing to do: no server is contacted.
+1. Here, before any server: the API workflow is loaded (a canvas file is refused), the user's overrides are applied
+   by class + input through ``workflow.OVERRIDES`` and their values checked (an unknown preset, template or step
+   count, or an override with no node to land on, is an error), each set is scanned with the library's header-only
+   validation (``viewset.check_set``: the user's own paths in every message), an output folder that is, lies inside
+   or holds a set is refused, the output folder is checked for writing, and OUT_DIR/manifest.json decides which views
+   are already done (params hash). Nothing to do: no server is contacted.
 2. Servers: the ``--server`` URLs (each checked within 4 s), or an embedded ComfyUI (``embedded.EmbeddedComfy``).
-3. Each set's files are uploaded once per server (``POST /upload/image``, any file type) into the input subfolder
-   ``glimpse/<first 12 hex of the set's content hash>/``; LoadViewSet's ``path`` gets that subfolder.
-4. The pending views are cut into chunks (``--chunk``, default 4) and ONE prompt is queued per chunk with LoadViewSet's
-   ``views`` set to the chunk ("4-7") and SaveViewSet's ``subfolder`` to ``glimpse/<params hash>``. Only those two
-   inputs change between chunk prompts, so ComfyUI's cache keeps the model loads and the prompt encoding: models load
-   once per server and run, the prompt is encoded once per set. A per-view workflow (LoadImage -> ... -> SaveImage)
-   gets one prompt per view instead.
-5. A queue of chunks feeds one worker thread per server. A server that fails (connection refused/reset, websocket
-   lost) puts its chunk back for the others and leaves; a node error (validation or execution) stops the run, since
-   it would fail on every server alike.
-6. The files a finished prompt lists in ``/history/<id>`` outputs (type output) are fetched with ``GET /view`` and
+3. Each set's files (exactly those the scan accepted) are uploaded once per server (``POST /upload/image``, any file
+   type) into the input subfolder ``glimpse/<first 12 hex of the set's content hash>/``; LoadViewSet's ``path`` gets
+   that subfolder.
+4. The pending views are cut into chunks (``--chunk``, default: the preset's views per chunk, else 4) and ONE prompt
+   is queued per chunk with LoadViewSet's ``views`` set to the chunk ("4-7") and SaveViewSet's ``subfolder`` to
+   ``glimpse/<params hash>``. Only those two inputs change between chunk prompts, so ComfyUI's cache keeps the model
+   loads and the prompt encoding: models load once per server and run, the prompt is encoded once per set. A
+   per-view workflow (LoadImage -> ... -> SaveImage) gets one prompt per view instead.
+5. A queue of chunks feeds one worker thread per server (``pool.WorkPool``). A server that fails (connection
+   refused/reset, websocket lost) puts its chunk back for the others and leaves; a node error (validation or
+   execution) stops the run, since it would fail on every server alike.
+6. The files a finished prompt lists in ``/history/<id>`` outputs (``history``) are fetched with ``GET /view`` and
    written into OUT_DIR atomically; the manifest is rewritten after every chunk, so an interrupted run keeps every
    finished view and its manifest lists ``missing_views``. When a set is complete its consistency score goes into
-   the manifest (``glimpse.consistency``, when available).
+   the manifest (``glimpse.score``).
+7. Cleanup: an embedded server and its temporary folder (inputs and outputs included) go on success, error, Ctrl-C
+   and SIGTERM (``signals``). ComfyUI has no route to delete files, so on a ``--server`` the uploaded inputs and the
+   server-side outputs stay; the run's last lines say where.
 
 Exit codes: 0 done, 1 the run failed (node error, every server lost), 2 bad input (arguments, workflow, view set,
-output folder, unreachable server), 130 interrupted (Ctrl-C). Rerunning the same command resumes.
+output folder, unreachable server), 130 interrupted (SIGINT, Ctrl-C), 143 terminated (SIGTERM). Rerunning the same
+command resumes.
 """
 from __future__ import annotations
 
-import json
-import os
-import re
 import sys
-import tempfile
 import threading
 import time
-import urllib.error
-from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..files import atomic_write_bytes
+from ..views import chunk_views, selection_string, view_name
 from . import manifest as mf
 from .client import ComfyClient, ExecutionFailed, Interrupted, PromptRejected, ServerUnreachable
 from .embedded import EmbeddedComfy, EmbeddedError
+from .history import Timing, output_files, outputs_by_view, result_facts, server_seconds
+from .pool import SetJob, WorkPool
+from .prepare import RunError, RunOptions, prepare
 from .progress import Progress
-from .viewset import ViewSetError, chunk_views, files_hash, find_viewsets, selection_string, view_indices, viewset_files
-from .workflow import MEMORY_PRESET, OverrideError, WorkflowError, apply_overrides, load_workflow, resolve_workflow, workflow_mode
-
-DEFAULT_CHUNK = 4
-USER_OPTIONS = ("preset", "steps", "strength", "seed", "cross_view", "subject", "template", "resolution",
-                "save_hints")
-OUTPUT_RE = re.compile(r"^(view|confidence|hint)_(\d+)(?:_\d{5}_)?\.png$")
-
-
-class RunError(RuntimeError):
-    """A failure that ends the run; ``code`` is the exit status."""
-
-    def __init__(self, message: str, code: int = 1):
-        super().__init__(message)
-        self.code = code
-
-
-@dataclass
-class RunOptions:
-    viewset: Path
-    out: Path
-    servers: list[str] = field(default_factory=list)
-    workflow: str | None = None
-    overrides: dict = field(default_factory=dict)  # USER_OPTIONS -> value or None
-    chunk: int | None = None
-    models_dir: Path | None = None
-    cpu: bool | None = None
-    comfy_args: list[str] = field(default_factory=list)
-    stream: object = None
-    tty: bool | None = None
-
-
-@dataclass
-class SetJob:
-    name: str
-    folder: Path
-    out_dir: Path
-    files: list[Path]
-    inputs_hash: str
-    views: list[int]
-    params: str
-    manifest: dict
-    workflow: dict  # user overrides applied
-    lock: threading.Lock = field(default_factory=threading.Lock)
-    uploaded: set = field(default_factory=set)
-
-    @property
-    def input_subfolder(self) -> str:
-        return f"glimpse/{self.inputs_hash[:12]}"
-
-    @property
-    def output_subfolder(self) -> str:
-        return f"glimpse/{self.params[:12]}"
-
-
-@dataclass
-class Timing:
-    upload_s: float = 0.0
-    queue_s: float = 0.0
-    collect_s: float = 0.0
-    server_s: float = 0.0
-    wall_s: float = 0.0
-    views: int = 0
-    prompts: int = 0
-    executed: dict = field(default_factory=dict)  # class_type -> prompts in which it ran (not served from cache)
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def count_executed(self, classes: set[str]) -> None:
-        with self.lock:
-            self.prompts += 1
-            for c in classes:
-                self.executed[c] = self.executed.get(c, 0) + 1
-
-    def add(self, **kw) -> None:
-        with self.lock:
-            for k, v in kw.items():
-                setattr(self, k, getattr(self, k) + v)
-
-    def as_dict(self) -> dict:
-        d = {k: round(getattr(self, k), 4) for k in ("upload_s", "queue_s", "collect_s", "server_s", "wall_s")}
-        d["views"] = self.views
-        d["prompts"] = self.prompts
-        d["executed_nodes"] = dict(sorted(self.executed.items()))
-        if self.views:
-            d["overhead_per_view_s"] = round((self.upload_s + self.queue_s + self.collect_s) / self.views, 4)
-            d["server_per_view_s"] = round(self.server_s / self.views, 4)
-        return d
-
-
-def check_writable(folder: Path) -> None:
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".glimpse-write-test-", dir=folder)
-        os.close(fd)
-        os.unlink(tmp)
-    except OSError as e:
-        raise RunError(f"output folder {folder} is not writable ({e.strerror or e})", 2) from None
-
-
-def _server_seconds(history: dict) -> float:
-    """execution_start -> execution_success from the history's status messages (ms timestamps)."""
-    ts = {m[0]: m[1].get("timestamp") for m in (history.get("status") or {}).get("messages", [])
-          if isinstance(m, list) and len(m) == 2 and isinstance(m[1], dict)}
-    if ts.get("execution_start") and ts.get("execution_success"):
-        return (ts["execution_success"] - ts["execution_start"]) / 1000.0
-    return 0.0
-
-
-def output_files(history: dict) -> list[dict]:
-    """Every {filename, subfolder, type} entry of type output in a history entry's outputs."""
-    found = []
-    for node_out in (history.get("outputs") or {}).values():
-        for items in node_out.values():
-            for it in items if isinstance(items, list) else []:
-                if isinstance(it, dict) and "filename" in it and it.get("type", "output") == "output":
-                    found.append(it)
-    return found
-
-
-def preset_chunk(workflow: dict) -> int:
-    """Views per prompt: the workflow's MemoryPreset views_per_chunk (named preset or custom field), else 4."""
-    try:
-        from ..presets import PRESETS
-    except ImportError:
-        return DEFAULT_CHUNK
-    for n in workflow.values():
-        if n["class_type"] == MEMORY_PRESET:
-            inputs = n["inputs"]
-            named = PRESETS.get(inputs.get("preset"))
-            if inputs.get("preset") == "custom" and isinstance(inputs.get("views_per_chunk"), int):
-                return inputs["views_per_chunk"]
-            if named is not None:
-                return named.views_per_chunk
-    return DEFAULT_CHUNK
+from .signals import exit_code, ignore_signals, stop_on_signals
+from .workflow import apply_overrides
 
 
 def compute_scores(job: SetJob) -> dict:
     """The set's scores (glimpse.consistency) for the manifest; a failure is recorded, never fatal to the run."""
     try:
-        from ..score import score_folders
+        from ..score import score_folders  # torch: only once a set is complete
 
         t0 = time.monotonic()
         # the enhanced views against the set they came from, exactly as `glimpse-enhance score` scores them
@@ -193,43 +67,6 @@ def compute_scores(job: SetJob) -> dict:
         return {"error": f"{type(e).__name__}: {e}"}
 
 
-class WorkPool:
-    """Chunks waiting for a server. A worker keeps to the set it started (its upload and its prompt encoding are
-    cached on that server), takes a set nobody works on next, and only then helps with another worker's set: whole
-    sets go to servers when there are enough sets, and one set's views are shared when there are not."""
-
-    def __init__(self):
-        self.items: list[tuple[SetJob, list[int]]] = []
-        self.owner: dict[str, str] = {}  # set name -> worker that claimed it
-        self.lock = threading.Lock()
-
-    def put(self, item: tuple[SetJob, list[int]]) -> None:
-        with self.lock:
-            self.items.append(item)
-            self.items.sort(key=lambda it: it[1][0])
-            self.items.sort(key=lambda it: it[0].name)  # stable: set by set, view order within a set
-
-    def take(self, worker: str) -> tuple[SetJob, list[int]] | None:
-        with self.lock:
-            if not self.items:
-                return None
-            mine = [it for it in self.items if self.owner.get(it[0].name) == worker]
-            free = [it for it in self.items if it[0].name not in self.owner]
-            item = (mine or free or self.items)[0]
-            self.owner.setdefault(item[0].name, worker)
-            self.items.remove(item)
-            return item
-
-    def release(self, worker: str) -> None:
-        """A lost worker's sets become free for the others."""
-        with self.lock:
-            self.owner = {k: w for k, w in self.owner.items() if w != worker}
-
-    def empty(self) -> bool:
-        with self.lock:
-            return not self.items
-
-
 class Runner:
     def __init__(self, opts: RunOptions):
         self.opts = opts
@@ -238,43 +75,10 @@ class Runner:
         self.stop = threading.Event()
         self.fatal: list[BaseException] = []
         self.progress: Progress | None = None
-        self.jobs: list[SetJob] = []
-        self.mode = ""
-        self.workflow_path = None
-
-    # -- preparation (no server) ----------------------------------------------------------------------------
-    def prepare(self) -> None:
-        o = self.opts
-        try:
-            self.workflow_path = resolve_workflow(o.workflow)
-            base = load_workflow(self.workflow_path)
-            self.mode = workflow_mode(base)
-            user = {k: o.overrides.get(k) for k in USER_OPTIONS}
-            wf, self.applied = apply_overrides(base, user, str(self.workflow_path))
-            probe = ({"path": "x", "views": "0", "subfolder": "x"} if self.mode == "set"
-                     else {"image": "x", "filename_prefix": "x"})
-            apply_overrides(wf, probe, str(self.workflow_path))
-            sets = find_viewsets(Path(o.viewset))
-        except (WorkflowError, OverrideError, ViewSetError) as e:
-            raise RunError(str(e), 2) from None
-        if o.chunk is not None and o.chunk < 1:
-            raise RunError(f"--chunk must be at least 1, got {o.chunk}", 2)
-        self.chunk = 1 if self.mode == "per-view" else o.chunk  # None: the preset's, decided in execute()
-        check_writable(self.out)
-        for folder in sets:
-            out_dir = self.out if len(sets) == 1 else self.out / folder.name
-            check_writable(out_dir)
-            try:
-                files = viewset_files(folder)
-                views = view_indices(folder)
-            except ViewSetError as e:
-                raise RunError(str(e), 2) from None
-            ih = files_hash(files)
-            params = mf.params_hash(base, user, ih)
-            m = mf.new(mf.load(out_dir), params, viewset=str(folder.resolve()), inputs_hash=ih,
-                       workflow=str(self.workflow_path), overrides=user, views=views, out_dir=out_dir)
-            mf.save(m, out_dir)
-            self.jobs.append(SetJob(folder.name, folder, out_dir, files, ih, views, params, m, wf))
+        self.plan = prepare(opts)  # RunError (exit 2) on bad input, before any server
+        self.jobs: list[SetJob] = self.plan.jobs
+        self.mode = self.plan.mode
+        self.chunk = self.plan.chunk
 
     # -- execution --------------------------------------------------------------------------------------------
     def _upload(self, client: ComfyClient, job: SetJob) -> None:
@@ -292,43 +96,28 @@ class Runner:
         if self.mode == "set":
             values = {"path": job.input_subfolder, "views": selection_string(views), "subfolder": job.output_subfolder}
         else:
-            values = {"image": f"{job.input_subfolder}/view_{views[0]:02d}.png",
-                      "filename_prefix": f"{job.output_subfolder}/view_{views[0]:02d}"}
+            values = {"image": f"{job.input_subfolder}/{job.image_name(views[0])}",
+                      "filename_prefix": f"{job.output_subfolder}/{view_name(views[0])}"}
         return apply_overrides(job.workflow, values)[0]
 
     def _collect(self, client: ComfyClient, job: SetJob, views: list[int], history: dict) -> None:
-        per_view: dict[int, dict[str, dict]] = {v: {} for v in views}
-        for it in output_files(history):
-            m = OUTPUT_RE.match(it["filename"])
-            if m and int(m.group(2)) in per_view:
-                per_view[int(m.group(2))][f"{m.group(1)}_{int(m.group(2)):02d}.png"] = it
-        lacking = [v for v in views if f"view_{v:02d}.png" not in per_view[v]]
+        per_view, lacking = outputs_by_view(history, views)
         if lacking:
             listed = ", ".join(sorted(it["filename"] for it in output_files(history))) or "none"
-            raise RunError(f"the workflow's outputs lack {', '.join(f'view_{v:02d}.png' for v in lacking)} "
+            raise RunError(f"the workflow's outputs lack {', '.join(f'{view_name(v)}.png' for v in lacking)} "
                            f"(files listed by the server: {listed}); is SaveViewSet in the workflow?")
         for v in views:
             for name, it in per_view[v].items():
-                data = client.view(it["filename"], it.get("subfolder", ""), "output")
-                mf.write_atomic(job.out_dir / name, data)
-        node_manifest = None
+                atomic_write_bytes(job.out_dir / name, client.view(it["filename"], it.get("subfolder", ""), "output"))
+        facts = None
         if self.mode == "set" and not job.manifest.get("workflow_facts"):
-            node_manifest = self._node_manifest(client, per_view[views[0]]["view_%02d.png" % views[0]])
+            facts = result_facts(client, per_view[views[0]][f"{view_name(views[0])}.png"].get("subfolder", ""))
         with job.lock:
             for v in views:
                 mf.record(job.manifest, v, job.params, list(per_view[v]), server=client.url)
-            if node_manifest:
-                job.manifest["workflow_facts"] = node_manifest
+            if facts:
+                job.manifest["workflow_facts"] = facts
             mf.save(job.manifest, job.out_dir)
-
-    @staticmethod
-    def _node_manifest(client: ComfyClient, view_item: dict) -> dict | None:
-        """SaveViewSet's manifest.json beside the views: the prompt's parameters, model files and seed."""
-        try:
-            data = json.loads(client.view("manifest.json", view_item.get("subfolder", ""), "output"))
-        except (urllib.error.HTTPError, json.JSONDecodeError):
-            return None
-        return {k: data[k] for k in ("parameters", "models", "seed") if k in data} or None
 
     def _run_chunk(self, client: ComfyClient, job: SetJob, views: list[int]) -> None:
         self._upload(client, job)
@@ -357,7 +146,7 @@ class Runner:
         t_end = time.monotonic()
         self.timing.count_executed(ran)
         self.timing.add(queue_s=t_q.get("queued", t_start) - t_start, collect_s=t_end - t_done,
-                        server_s=_server_seconds(history), wall_s=t_end - t_start, views=len(views))
+                        server_s=server_seconds(history), wall_s=t_end - t_start, views=len(views))
         self.progress.views_done(len(views), f"{label} on {client.url}")
 
     def _worker(self, client: ComfyClient, work: WorkPool, alive: dict) -> None:
@@ -406,8 +195,6 @@ class Runner:
 
     def execute(self, servers: list[str]) -> None:
         clients = self.check_servers(servers)
-        if self.chunk is None:  # after the server check: the presets module imports torch, which takes seconds
-            self.chunk = preset_chunk(self.jobs[0].workflow)
         self.progress.message(f"{len(clients)} server(s), {self.chunk} view(s) per prompt")
         work = WorkPool()
         for job in self.jobs:
@@ -443,35 +230,53 @@ class Runner:
             job.manifest["timing"] = self.timing.as_dict()
             mf.save(job.manifest, job.out_dir)
 
+    def leftovers(self, embedded_url: str | None) -> list[str]:
+        """Where this run's files stay on servers it does not own (ComfyUI has no route to delete them)."""
+        lines = []
+        for url in sorted({u for j in self.jobs for u in j.uploaded} - {embedded_url}):
+            jobs = [j for j in self.jobs if url in j.uploaded]
+            lines.append(f"note: files of this run stay on {url}: inputs in input/"
+                         f"{', input/'.join(sorted({j.input_subfolder for j in jobs}))}, results in output/"
+                         f"{', output/'.join(sorted({j.output_subfolder for j in jobs}))} (ComfyUI has no route to "
+                         "delete them; remove those folders on the server to reclaim the space)")
+        return lines
+
 
 def run(opts: RunOptions) -> int:
     """Run and report on ``opts.stream`` (stderr); returns the exit status."""
+    with stop_on_signals():
+        return _run(opts)
+
+
+def _run(opts: RunOptions) -> int:
     stream = opts.stream or sys.stderr
-    r = Runner(opts)
+    r = None
 
     def say(s: str) -> None:
-        if r.progress:
+        if r is not None and r.progress:
             r.progress.message(s)
         else:
             stream.write(s + "\n")
             stream.flush()
 
     try:
-        r.prepare()
+        r = Runner(opts)
     except RunError as e:
         say(f"error: {e}")
         return e.code
+    except KeyboardInterrupt as e:
+        return exit_code(e)
     total = sum(len(j.views) for j in r.jobs)
     todo = sum(len(j.manifest["missing_views"]) for j in r.jobs)
     r.progress = Progress(total, total - todo, stream, opts.tty)
-    say(f"workflow {r.workflow_path} ({r.mode} mode); {len(r.jobs)} set(s), {total} views, "
-        f"{total - todo} already done (skipped), {todo} to run")
-    for a in r.applied:
-        say(f"  override {a}")
     embedded = None
     code = 0
     t0 = time.monotonic()
     try:
+        say(f"workflow {r.plan.workflow_path} ({r.mode} mode); {len(r.jobs)} set(s), {total} views, "
+            f"{total - todo} already done (skipped), {todo} to run")
+        for line in [f"  override {a}" for a in r.plan.applied] + r.plan.notes:
+            say(line)
         if todo:
             servers = list(opts.servers)
             if not servers:
@@ -485,15 +290,18 @@ def run(opts: RunOptions) -> int:
     except RunError as e:
         say(f"error: {e}")
         code = e.code
-    except KeyboardInterrupt:
-        code = 130
+    except KeyboardInterrupt as e:
+        code = exit_code(e)
     finally:
+        ignore_signals()  # what follows is bounded and must not be cut short
         if embedded is not None:
             embedded.stop()
         for job in r.jobs:
             with job.lock:
                 mf.save(job.manifest, job.out_dir)
         r.progress.close()
+    for line in r.leftovers(embedded.url if embedded else None):
+        say(line)
     missing = {j.name: j.manifest["missing_views"] for j in r.jobs if j.manifest["missing_views"]}
     if code == 0:
         t = r.timing.as_dict()

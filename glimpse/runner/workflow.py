@@ -22,7 +22,11 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..lightning import check_steps, check_strength
+from ..presets import PRESET_NAMES, PRESETS
+
 DEFAULT_WORKFLOW = "t4"
+MAX_RESOLUTION = 8192  # LoadViewSet's resolution input: 0 (native) or a multiple of 64 up to this
 
 
 @dataclass(frozen=True)
@@ -177,14 +181,33 @@ def _targets(workflow: dict, override: Override) -> list[tuple[list[str], str, s
     return found or "; ".join(reasons)
 
 
+def value_problem(option: str, value, workflow: dict) -> str | None:
+    """Why the user's ``value`` for ``option`` would be refused by the server's nodes, or None; checked here, before
+    any server starts. A prompt template is checked when no user template file is selected in the workflow (names
+    from such a file are known only to the server)."""
+    try:
+        if option == "preset" and value not in PRESET_NAMES:
+            return f"{value!r} is not a preset; expected one of {', '.join(PRESET_NAMES)}"
+        if option == "steps":
+            check_steps(value)
+        if option == "strength":
+            check_strength(value)
+        if option == "resolution" and (value % 64 or not 0 <= value <= MAX_RESOLUTION):
+            return f"{value} is not 0 (native size) nor a multiple of 64 up to {MAX_RESOLUTION}"
+        if option == "template":
+            files = {n["inputs"].get("user_templates", "none") for n in workflow.values()
+                     if n["class_type"] == "GlimpsePrompt"}
+            if files <= {"none"}:
+                from ..prompts import resolve_template  # torch: imported only for this check
+
+                resolve_template(value)
+    except ValueError as e:
+        return str(e)
+    return None
+
+
 def _customise_presets(workflow: dict, overridden_fields: dict[str, set[str]], applied: list[str]) -> None:
     """A named MemoryPreset whose own fields were overridden becomes ``custom`` with the named preset's values."""
-    if not overridden_fields:
-        return  # (glimpse.presets imports torch: seconds, which an unreachable-server error must not wait for)
-    try:
-        from ..presets import PRESETS
-    except ImportError:
-        return
     for nid, overridden in sorted(overridden_fields.items()):
         inputs = workflow[nid]["inputs"]
         named = PRESETS.get(inputs.get("preset"))
@@ -201,7 +224,8 @@ def _customise_presets(workflow: dict, overridden_fields: dict[str, set[str]], a
 def apply_overrides(workflow: dict, values: dict, source: str = "workflow") -> tuple[dict, list[str]]:
     """A copy of ``workflow`` with every non-None ``values[option]`` set; returns (workflow, applied descriptions).
 
-    Raises OverrideError naming each option whose node/input is absent, and KeyError for an unknown option.
+    Raises OverrideError naming each option whose node/input is absent or whose value the nodes would refuse
+    (:func:`value_problem`), and KeyError for an unknown option.
     """
     out = copy.deepcopy(workflow)
     applied, problems, presets = [], {}, {}
@@ -212,6 +236,10 @@ def apply_overrides(workflow: dict, values: dict, source: str = "workflow") -> t
         targets = _targets(out, override)
         if isinstance(targets, str):
             problems[option] = targets
+            continue
+        problem = value_problem(option, value, out)
+        if problem:
+            problems[option] = problem
             continue
         if override.convert is not None:
             value = override.convert(value)

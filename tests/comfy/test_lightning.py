@@ -6,14 +6,23 @@ talks to a ``_Transport`` that records the messages a server would forward to th
 """
 from __future__ import annotations
 
+import importlib.util
 import re
 import uuid
+from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import save_file
 
-from glimpse.lightning import plan_img2img, sgm_uniform_sigmas
+from glimpse.lightning import plan_img2img
+
+# the reference grid, loaded by path: ComfyUI's own `tests` package would shadow this repository's
+_spec = importlib.util.spec_from_file_location("glimpse_tests_sigmas",
+                                               Path(__file__).resolve().parents[1] / "fixtures" / "sigmas.py")
+_sigmas = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_sigmas)
+sgm_uniform_sigmas = _sigmas.sgm_uniform_sigmas
 
 CKPT = "sd_xl_base_1.0.safetensors"
 LORAS = {n: f"loras/sdxl_lightning_{n}step_lora.safetensors" for n in (2, 4, 8)}

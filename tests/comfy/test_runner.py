@@ -67,9 +67,15 @@ def cli(*args, **kw) -> subprocess.CompletedProcess:
                           timeout=600, cwd=REPO, **kw)
 
 
+def _sigint_ignored() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def start_cli(*args) -> subprocess.Popen:
+    """The runner as a background job starts it: SIGINT ignored, whatever this test process inherited (the runner
+    must install its own handling)."""
     return subprocess.Popen([sys.executable, "-m", "glimpse.cli", *map(str, args)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, cwd=REPO)
+                            stderr=subprocess.PIPE, text=True, cwd=REPO, preexec_fn=_sigint_ignored)
 
 
 def manifest(out: Path) -> dict:
@@ -99,6 +105,9 @@ def test_run_writes_every_view_and_a_rerun_skips_them(servers, views, tmp_path):
     assert scores["views"] == 16 and scores["consistency"]["pairs_scored"] > 0, scores
     assert scores["sharpness_gain"] < 1, "the blur workflow makes views softer than their renders"
     assert "views 16/16" in r.stderr and "s/view" in r.stderr and "ETA" in r.stderr
+    # ComfyUI has no route to delete files: the run says what stays on a server it does not own
+    uploaded = manifest(out)["inputs_hash"][:12]
+    assert f"note: files of this run stay on {servers[0]}: inputs in input/glimpse/{uploaded}" in r.stderr
     stamps = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
 
     again = cli("run", views, "--out", out, "--workflow", workflow(tmp_path), "--server", servers[0])
@@ -187,16 +196,6 @@ def test_a_dead_servers_views_move_to_the_other(servers, views, tmp_path):
     assert m["complete"] and len(m["views"]) == 16
 
 
-def test_a_failing_view_reports_the_nodes_message(servers, views, tmp_path):
-    (views / "view_03.png").write_bytes(b"this is not a png")
-    out = tmp_path / "out"
-    r = cli("run", views, "--out", out, "--workflow", workflow(tmp_path), "--server", servers[0], "--chunk", "1")
-    assert r.returncode == 1
-    assert "node 1 (LoadImage) failed" in r.stderr and "view_03.png" in r.stderr, r.stderr
-    m = manifest(out)
-    assert 3 in m["missing_views"] and not m["complete"]
-
-
 def test_a_rejected_prompt_lists_its_node_errors(servers, views, tmp_path):
     out = tmp_path / "out"
     r = cli("run", views, "--out", out, "--workflow", workflow(tmp_path, **{"2__upscale_method": "sideways"}),
@@ -204,6 +203,31 @@ def test_a_rejected_prompt_lists_its_node_errors(servers, views, tmp_path):
     assert r.returncode == 1
     assert "node 2 (ImageScale) input 'upscale_method': Value not in list" in r.stderr, r.stderr
     assert "sideways" in r.stderr
+
+
+def test_sigterm_stops_the_embedded_server_and_removes_its_folder(views, tmp_path):
+    small = tmp_path / "small"
+    small.mkdir()
+    for i in range(2):
+        shutil.copy(views / f"view_{i:02d}.png", small)
+    proc = start_cli("run", small, "--out", tmp_path / "out", "--workflow", workflow(tmp_path), "--cpu")
+    lines = []
+    while not lines or "ComfyUI ready after" not in lines[-1]:
+        line = proc.stderr.readline()
+        assert line, f"the run ended early: {''.join(lines)}"
+        lines.append(line)
+    text = "".join(lines)
+    base = Path(text.split("embedded ComfyUI folder ")[1].split()[0])
+    url = text.split("starting ComfyUI from ")[1].split(" on ")[1].split()[0]
+    assert base.is_dir()
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, err
+    assert not base.exists(), "the embedded server's folder (inputs, outputs, log) is removed"
+    from glimpse.runner.client import ComfyClient, ServerUnreachable
+
+    with pytest.raises(ServerUnreachable):
+        ComfyClient(url).check()
 
 
 def test_embedded_server_starts_and_stops(views, tmp_path):
@@ -317,14 +341,35 @@ def test_set_mode_queues_one_prompt_per_chunk(servers, views, tmp_path):
     assert m["scores"]["consistency"]["pairs_scored"] > 0, m["scores"]
 
 
-def test_set_that_fails_validation_reports_the_nodes_message(servers, views, tmp_path):
+def test_a_bad_set_is_refused_before_anything_is_sent(servers, views, tmp_path):
+    """LoadViewSet's own validation runs in the runner first, on the user's files (the server keeps it for the
+    canvas: tests/comfy/test_viewset_depth.py)."""
     import numpy as np
 
     wf = set_workflow(servers[0], tmp_path)
     np.savez_compressed(views / "view_07_depth.npz", depth=np.ones((128, 128), np.float32))
     out = tmp_path / "out"
     r = cli("run", views, "--out", out, "--workflow", wf, "--server", servers[0])
+    assert r.returncode == 2
+    assert "view_07 depth is 128x128 but its image is 256x256" in r.stderr, r.stderr
+    assert str(views) in r.stderr or "view_07_depth.npz" in r.stderr, r.stderr
+    assert not out.exists()
+
+
+def test_a_view_failing_on_the_server_reports_the_nodes_message(servers, views, tmp_path):
+    """What only loading finds (a depth file whose header reads but whose data fails its checksum) fails on the
+    server: the node's own message reaches the terminal."""
+    import numpy as np
+
+    wf = set_workflow(servers[0], tmp_path)
+    (views / "view_03_depth.npz").unlink()
+    np.savez(views / "view_03_depth.npz", depth=np.ones((256, 256), np.float32))  # stored: the data is plain
+    data = bytearray((views / "view_03_depth.npz").read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (views / "view_03_depth.npz").write_bytes(bytes(data))
+    out = tmp_path / "out"
+    r = cli("run", views, "--out", out, "--workflow", wf, "--server", servers[0], "--chunk", 4)
     assert r.returncode == 1
-    assert "node 1 (LoadViewSet): validation failed:" in r.stderr and "view_07" in r.stderr, r.stderr
-    assert "128x128" in r.stderr and "256x256" in r.stderr, r.stderr
-    assert manifest(out)["missing_views"] == list(range(16))
+    assert "node 1 (LoadViewSet) failed: ValueError: view_03 depth:" in r.stderr, r.stderr
+    assert "Bad CRC-32" in r.stderr, r.stderr
+    assert not manifest(out)["complete"]

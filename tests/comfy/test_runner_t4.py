@@ -87,7 +87,9 @@ def test_t4_run_writes_views_confidences_hints_and_scores_then_skips(server, vie
 def test_t4_interrupted_run_resumes(server, views, tmp_path):
     out = tmp_path / "out"
     args = ("run", views, "--out", out, "--server", server.url, "--resolution", RES, "--seed", 3, "--chunk", 1)
-    proc = subprocess.Popen(cmd(*args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
+    # started as a background job starts it (SIGINT ignored): the runner installs its own handling
+    proc = subprocess.Popen(cmd(*args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
     deadline = time.monotonic() + 600
     while len(list(out.glob("view_*.png"))) < 3:
         assert proc.poll() is None, proc.communicate()
@@ -105,8 +107,8 @@ def test_t4_interrupted_run_resumes(server, views, tmp_path):
     assert manifest(out)["complete"]
 
 
-def test_t4_set_failing_validation_reaches_the_terminal(server, views, tmp_path):
+def test_t4_bad_set_is_refused_with_the_users_path(server, views, tmp_path):
     (views / "view_09_mask.png").write_bytes(b"not an image")
     r = cli("run", views, "--out", tmp_path / "out", "--server", server.url, "--resolution", RES)
-    assert r.returncode == 1
-    assert "(LoadViewSet)" in r.stderr and "view_09" in r.stderr, r.stderr
+    assert r.returncode == 2
+    assert f"view_09 mask: {views / 'view_09_mask.png'} is not a readable image" in r.stderr, r.stderr

@@ -1,6 +1,7 @@
 """Cross-view attention's pure parts: anchors, token correspondences on ray-cast spheres, the mixing rules, the record
 and its validity key, and chunk-invariant noise."""
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -14,6 +15,7 @@ from glimpse.crossview.tokens import correspondences, token_geometry, windows
 from glimpse.noise import view_noise, view_seed
 from tests.unit.spheres import rays, render, texture, visible_in
 
+FOX_CAMERAS = Path(__file__).resolve().parents[2] / "samples" / "fox" / "cameras.json"
 BIG = (torch.tensor([0.0, 0.0, 0.0]), 0.4)
 SMALL = (torch.tensor([0.55, 0.0, 0.1]), 0.12)  # in front of the big sphere for view 0 (which looks from +x)
 
@@ -27,7 +29,7 @@ def plain_attention(q, k, v, heads):
 # -- anchors ---------------------------------------------------------------------------------------------------------
 
 def test_auto_anchors_spread_over_the_syncdreamer_orbit_and_views_rank_their_nearest():
-    cams = orbit_cameras(16)
+    cams = orbit_cameras(16).world_to_camera
     assert choose_anchors(cams, 4) == [0, 4, 8, 12]
     assert choose_anchors(cams, 2) == [0, 8]
     assert choose_anchors(cams, 40) == list(range(16))
@@ -35,12 +37,15 @@ def test_auto_anchors_spread_over_the_syncdreamer_orbit_and_views_rank_their_nea
     assert order[1].tolist()[:2] == [0, 4] and order[3].tolist()[:2] == [4, 0]
     assert order[4].tolist() == [0, 8, 12, -1]  # an anchor is not its own neighbour; ties go to the lower index
     assert order[10].tolist()[:2] == [8, 12]
-    # a selection keeps the set's indices
     assert anchor_order(cams, [0, 8])[[5, 13]].tolist() == [[8, 0], [0, 8]]
+    # the runner reads cameras.json with numpy only and gets the same anchors
+    from glimpse.camera_file import read_camera_file
+
+    assert choose_anchors(read_camera_file(FOX_CAMERAS).world_to_camera, 4) == [0, 4, 8, 12]
 
 
 def test_anchor_input_forms_and_errors():
-    cams = orbit_cameras(16)
+    cams = orbit_cameras(16).world_to_camera
     assert parse_anchors("auto", cams, 4) == [0, 4, 8, 12]
     assert parse_anchors(" none ", cams) == []
     assert parse_anchors("3,1,2-2", cams) == [1, 2, 3]

@@ -13,9 +13,8 @@ import torch
 from PIL import Image
 
 from glimpse.cameras import orbit_cameras, parse_cameras
-from glimpse.output import (
-    atomic_write_bytes, cameras_to_json, claim_folder, resolve_subfolder, save_view_set, sha256_file, workflow_facts,
-)
+from glimpse.files import atomic_write_bytes, sha256_file
+from glimpse.output import cameras_to_json, claim_folder, resolve_subfolder, save_view_set, workflow_facts
 
 
 def leftovers(folder: Path) -> list[str]:
@@ -66,7 +65,7 @@ def test_file_size_limit_gives_a_clear_error_and_no_partial_file(tmp_path):
     """Works without root: the kernel refuses writes past RLIMIT_FSIZE (EFBIG), like a quota."""
     code = textwrap.dedent(f"""
         import resource, signal, sys
-        from glimpse.output import atomic_write_bytes
+        from glimpse.files import atomic_write_bytes
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
         resource.setrlimit(resource.RLIMIT_FSIZE, (50_000, 50_000))
         try:

@@ -1,8 +1,10 @@
 """`glimpse-enhance run/loop` without a server: argument parsing and the bad-input paths (exit 2, clear message)."""
 import io
 import json
+import shutil
 import socket
 import time
+from pathlib import Path
 
 import pytest
 
@@ -15,13 +17,20 @@ PER_VIEW = {"1": {"class_type": "LoadImage", "inputs": {"image": "a.png"}},
             "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "x"}}}
 
 
+FOX = Path(__file__).resolve().parents[2] / "samples" / "fox"
+
+
 @pytest.fixture
 def viewset(tmp_path):
+    """Three views of the fox sample set, with their cameras."""
     s = tmp_path / "set"
     s.mkdir()
     for i in range(3):
-        (s / f"view_{i:02d}.png").write_bytes(b"x")
-    (s / "cameras.json").write_text(json.dumps({"views": [{}] * 3}))
+        for end in (".png", "_mask.png", "_depth.npz"):
+            shutil.copy(FOX / f"view_{i:02d}{end}", s)
+    cams = json.loads((FOX / "cameras.json").read_text())
+    cams["views"] = cams["views"][:3]
+    (s / "cameras.json").write_text(json.dumps(cams))
     return s
 
 
@@ -114,15 +123,17 @@ def test_missing_viewset(workflow, tmp_path):
 
 def test_nothing_to_do_needs_no_server(viewset, workflow, tmp_path):
     """A finished set reruns without contacting any server (the URL below would fail)."""
+    from glimpse.files import files_digest
     from glimpse.runner import manifest as mf
-    from glimpse.runner.viewset import files_hash, viewset_files
+    from glimpse.runner.viewset import check_set
     from glimpse.runner.workflow import load_workflow
 
     out = tmp_path / "o"
     opts = RunOptions(viewset, out, ["127.0.0.1:1"], str(workflow), stream=io.StringIO())
     user = {k: None for k in ("preset", "steps", "strength", "seed", "subject", "template", "resolution",
                               "save_hints")}
-    params = mf.params_hash(load_workflow(workflow), user, files_hash(viewset_files(viewset)))
+    params = mf.params_hash(load_workflow(workflow), user, files_digest(check_set(viewset, images_only=True).files(),
+                                                                           contents=True))
     out.mkdir()
     m = mf.new({}, params, viewset=str(viewset), inputs_hash="", workflow="", overrides={}, views=[0, 1, 2],
                out_dir=out)
@@ -162,7 +173,7 @@ def test_work_pool_gives_whole_sets_to_servers_and_shares_a_lone_set():
     from glimpse.runner.run import SetJob, WorkPool
 
     def job(name):
-        return SetJob(name, None, None, [], "", [], "", {}, {})
+        return SetJob(name, None, None, [], "", [], "", {}, {}, None)
 
     a, b = job("a"), job("b")
     pool = WorkPool()

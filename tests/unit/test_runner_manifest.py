@@ -51,10 +51,3 @@ def test_unreadable_manifest_counts_as_empty(tmp_path):
     assert mf.load(tmp_path) == {}
     (tmp_path / "manifest.json").write_text(json.dumps({"format": "other"}))
     assert mf.load(tmp_path) == {}
-
-
-def test_atomic_write_leaves_no_temp_files(tmp_path):
-    mf.write_atomic(tmp_path / "a.png", b"123")
-    mf.write_atomic(tmp_path / "a.png", b"456")
-    assert (tmp_path / "a.png").read_bytes() == b"456"
-    assert [p.name for p in tmp_path.iterdir()] == ["a.png"]

@@ -1,46 +1,52 @@
-"""View set listing, hashing, chunking and selection strings as the runner uses them."""
-import json
+"""View sets as the runner finds, checks and uploads them: exactly the files the library's scan accepts."""
+import os
+import shutil
+from pathlib import Path
 
 import pytest
 
-from glimpse.runner.viewset import (ViewSetError, chunk_views, files_hash, find_viewsets, parse_selection,
-                                    selection_string, view_indices, viewset_files)
+from glimpse.files import files_digest
+from glimpse.runner.viewset import ViewSetError, check_set, find_viewsets
+
+FOX = Path(__file__).resolve().parents[2] / "samples" / "fox"
 
 
-def make_set(folder, n=4):
-    folder.mkdir(parents=True)
-    for i in range(n):
-        (folder / f"view_{i:02d}.png").write_bytes(b"png%d" % i)
-        (folder / f"view_{i:02d}_depth.npz").write_bytes(b"npz%d" % i)
-    (folder / "cameras.json").write_text(json.dumps({"views": [{}] * n}))
-    (folder / "clean").mkdir()
-    (folder / "clean" / "view_00.png").write_bytes(b"gt")
+def make_set(folder: Path) -> Path:
+    shutil.copytree(FOX, folder, ignore=shutil.ignore_patterns("*.md"))  # keeps the clean/ sub-folder
     (folder / "notes.txt").write_text("not uploaded")
+    (folder / "extra.json").write_text("{}")
     return folder
 
 
-def test_files_are_the_top_level_view_set_files(tmp_path):
+def test_the_files_are_those_the_scan_accepted(tmp_path):
     s = make_set(tmp_path / "set")
-    names = [p.name for p in viewset_files(s)]
-    assert names == sorted(names) and "cameras.json" in names and "view_03_depth.npz" in names
-    assert "notes.txt" not in names and "clean" not in names and len(names) == 9
-    assert view_indices(s) == [0, 1, 2, 3]
+    names = sorted(p.name for p in check_set(s).files())
+    assert len(names) == 16 * 3 + 1 and "cameras.json" in names and "view_03_depth.npz" in names
+    assert "notes.txt" not in names and "extra.json" not in names and "clean" not in names
+    images = sorted(p.name for p in check_set(s, images_only=True).files())  # image workflows need no depth/cameras
+    assert images == sorted(f"view_{i:02d}{end}" for i in range(16) for end in (".png", "_mask.png"))
 
 
 def test_hash_follows_content(tmp_path):
     s = make_set(tmp_path / "set")
-    h = files_hash(viewset_files(s))
-    assert files_hash(viewset_files(s)) == h
-    (s / "view_02.png").write_bytes(b"changed")
-    assert files_hash(viewset_files(s)) != h
+    h = files_digest(check_set(s).files(), contents=True)
+    assert files_digest(check_set(s).files(), contents=True) == h
+    (s / "notes.txt").write_text("changed, but not part of the set")
+    assert files_digest(check_set(s).files(), contents=True) == h
+    (s / "view_02_mask.png").write_bytes((s / "view_03_mask.png").read_bytes())
+    assert files_digest(check_set(s).files(), contents=True) != h
 
 
-def test_strip_set_counts_views_from_cameras(tmp_path):
-    s = tmp_path / "strip"
-    s.mkdir()
-    (s / "strip.png").write_bytes(b"x")
-    (s / "cameras.json").write_text(json.dumps({"views": [{}] * 16}))
-    assert view_indices(s) == list(range(16))
+def test_links_inside_the_set_are_fine_and_links_out_are_refused(tmp_path):
+    s = make_set(tmp_path / "set")
+    (s / "view_04_mask.png").unlink()
+    os.symlink("view_05_mask.png", s / "view_04_mask.png")
+    assert len(check_set(s).files()) == 49
+    outside = tmp_path / "elsewhere.png"
+    shutil.move(s / "view_07.png", outside)
+    os.symlink(outside, s / "view_07.png")
+    with pytest.raises(ViewSetError, match=rf"view_07.png -> {outside}"):
+        check_set(s)
 
 
 def test_folder_of_sets_and_errors(tmp_path):
@@ -53,25 +59,3 @@ def test_folder_of_sets_and_errors(tmp_path):
         find_viewsets(tmp_path / "sets" / "empty")
     with pytest.raises(ViewSetError, match="does not exist"):
         find_viewsets(tmp_path / "nope")
-
-
-def test_chunks():
-    assert chunk_views(list(range(10)), 4) == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
-    assert chunk_views([1, 5, 9], 1) == [[1], [5], [9]]
-    with pytest.raises(ValueError):
-        chunk_views([1], 0)
-
-
-@pytest.mark.parametrize("views,text", [([4, 5, 6, 7], "4-7"), ([0, 1, 2, 3, 8, 10, 11], "0-3,8,10-11"), ([3], "3"),
-                                        ([1, 3, 5], "1,3,5")])
-def test_selection_string_round_trip(views, text):
-    assert selection_string(views) == text
-    assert parse_selection(text, 16) == views
-
-
-def test_parse_selection_errors():
-    assert parse_selection("all", 3) == [0, 1, 2]
-    with pytest.raises(ValueError, match="outside 0-15"):
-        parse_selection("14-16", 16)
-    with pytest.raises(ValueError, match="bad view selection 'x'"):
-        parse_selection("1,x", 16)

@@ -43,7 +43,7 @@ def test_none_values_are_not_applied():
 def test_missing_node_and_input_are_named():
     wf = {k: v for k, v in SET_WF.items() if v["class_type"] not in ("LightningLoader", "MemoryPreset")}
     with pytest.raises(OverrideError) as e:
-        apply_overrides(wf, {"steps": 2, "seed": 3, "template": "x"}, "my.json")
+        apply_overrides(wf, {"steps": 2, "seed": 3, "template": "product"}, "my.json")
     assert set(e.value.problems) == {"steps"}
     assert "--steps: no LightningLoader node; no MemoryPreset node" in str(e.value)
     assert "my.json" in str(e.value)

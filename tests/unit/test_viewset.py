@@ -14,15 +14,9 @@ from PIL import Image
 
 from glimpse.cameras import orbit_cameras, pixel_centres, project
 from glimpse.depth import depth_hint
-from glimpse.viewset import (
-    chunks,
-    fingerprint,
-    load_view_set,
-    parse_colour,
-    scan_view_set,
-    views_without_depth,
-    working_size,
-)
+from glimpse.scan import fingerprint, scan_view_set
+from glimpse.views import chunks
+from glimpse.viewset import load_view_set, parse_colour, views_without_depth, working_size
 
 SAMPLE = Path(__file__).resolve().parents[2] / "samples" / "fox"  # ../shared/data/sample_views/256 + a README
 
@@ -306,7 +300,7 @@ def test_every_bad_input_is_caught_before_any_pixel_is_decoded(sample, monkeypat
     np.save(sample / "view_15_depth.npy", np.ones((64, 64), np.float32))
     (sample / "view_15_depth.npz").unlink()
     calls = []
-    monkeypatch.setattr(vsmod, "_read_depth", lambda *a: calls.append(a))
+    monkeypatch.setattr(vsmod, "read_depth", lambda *a: calls.append(a))
     with pytest.raises(ValueError, match="view_15 depth is 64x64"):
         load_view_set(sample)
     assert calls == []
