@@ -37,12 +37,13 @@ def outputs_by_view(history: dict, views: list[int]) -> tuple[dict[int, dict[str
 
 
 def result_facts(client, subfolder: str) -> dict | None:
-    """SaveViewSet's manifest.json beside the views (via ``client.view``): the prompt's parameters, models and seed."""
+    """SaveViewSet's manifest.json beside the views (via ``client.view``): the prompt's parameters, models and seed,
+    and the cross-view attention's mode, anchors and each view's anchors."""
     try:
         data = json.loads(client.view("manifest.json", subfolder, "output"))
     except (urllib.error.HTTPError, json.JSONDecodeError):
         return None
-    return {k: data[k] for k in ("parameters", "models", "seed") if k in data} or None
+    return {k: data[k] for k in ("parameters", "models", "seed", "cross_view") if k in data} or None
 
 
 def server_seconds(history: dict) -> float:

@@ -20,8 +20,10 @@ class SetJob:
     manifest: dict
     workflow: dict  # user overrides applied
     spec: ViewSetSpec  # the scan the files come from
+    anchors: list[int] = field(default_factory=list)  # cross-view anchors (sampled first, on every server); [] = off
     lock: threading.Lock = field(default_factory=threading.Lock)
     uploaded: set = field(default_factory=set)
+    recorded: set = field(default_factory=set)  # servers that sampled the anchors in this run (they hold the record)
 
     @property
     def input_subfolder(self) -> str:
@@ -49,8 +51,8 @@ class WorkPool:
     def put(self, item: tuple[SetJob, list[int]]) -> None:
         with self.lock:
             self.items.append(item)
-            self.items.sort(key=lambda it: it[1][0])
-            self.items.sort(key=lambda it: it[0].name)  # stable: set by set, view order within a set
+            # set by set; within a set its anchors first (the other views attend to them), then in view order
+            self.items.sort(key=lambda it: (it[0].name, it[1] != it[0].anchors, it[1][0]))
 
     def take(self, worker: str) -> tuple[SetJob, list[int]] | None:
         with self.lock:

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import os
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from ..crossview.anchors import DEFAULT_ANCHOR_COUNT, parse_anchors
 from ..files import files_digest
 from ..presets import PRESETS
 from ..scan import transparent_views
@@ -21,6 +22,7 @@ from .viewset import check_set, find_viewsets
 from .workflow import MEMORY_PRESET, apply_overrides, load_workflow, resolve_workflow, workflow_mode
 
 DEFAULT_CHUNK = 4
+CROSS_VIEW = "GlimpseCrossViewAttention"
 USER_OPTIONS = ("preset", "steps", "strength", "seed", "cross_view", "subject", "template", "resolution",
                 "save_hints")
 
@@ -92,6 +94,42 @@ def preset_chunk(workflow: dict) -> int:
     return DEFAULT_CHUNK
 
 
+def _linked_preset(workflow: dict, inputs: dict):
+    """The Settings of the MemoryPreset wired into ``inputs['settings']``, or None."""
+    link = inputs.get("settings")
+    node = workflow.get(str(link[0])) if isinstance(link, list) else None
+    if node is None or node["class_type"] != MEMORY_PRESET:
+        return None
+    fields = node["inputs"]
+    if fields.get("preset") != "custom":
+        return PRESETS.get(fields.get("preset"))
+    custom = {k: fields[k] for k in ("cross_view", "anchor_count") if not isinstance(fields.get(k), list)}
+    return replace(PRESETS["custom"], **custom)
+
+
+def cross_view_anchors(workflow: dict, spec) -> list[int]:
+    """The anchor views LoadViewSet puts first when the workflow's cross-view attention is on, else [].
+
+    Read as the nodes read them: CrossViewAttention's mode and weight (the connected preset's cross_view wins), and
+    LoadViewSet's anchors and anchor_count (the connected preset's count wins; a preset with cross_view off means
+    none), with the set's own cameras, so the runner and LoadViewSet pick the same views.
+    """
+    attention = [n["inputs"] for n in workflow.values() if n["class_type"] == CROSS_VIEW]
+    load = [n["inputs"] for n in workflow.values() if n["class_type"] == "LoadViewSet"]
+    if not attention or not load or spec.cameras is None:
+        return []
+    settings = _linked_preset(workflow, attention[0])
+    mode = settings.cross_view if settings is not None else attention[0].get("mode")
+    if mode == "off" or attention[0].get("weight") == 0:
+        return []
+    count = load[0].get("anchor_count", DEFAULT_ANCHOR_COUNT)
+    text = load[0].get("anchors", "auto")
+    settings = _linked_preset(workflow, load[0])
+    if settings is not None:
+        count, text = settings.anchor_count, text if settings.cross_view != "off" else "none"
+    return parse_anchors(text, spec.cameras.world_to_camera, count)
+
+
 def prepare(o: RunOptions) -> Plan:
     """The run's plan; RunError (exit 2) naming the file or option on bad input."""
     try:
@@ -128,6 +166,11 @@ def prepare(o: RunOptions) -> Plan:
         m = mf.new(mf.load(out_dir), params, viewset=str(folder.resolve()), inputs_hash=inputs_hash,
                    workflow=str(workflow_path), overrides=user, views=views, out_dir=out_dir)
         mf.save(m, out_dir)
-        jobs.append(SetJob(folder.name, folder, out_dir, spec.files(), inputs_hash, views, params, m, wf, spec))
+        try:
+            anchors = cross_view_anchors(wf, spec) if mode == "set" else []
+        except ValueError as e:
+            raise RunError(f"{folder}: {e}", 2) from None
+        jobs.append(SetJob(folder.name, folder, out_dir, spec.files(), inputs_hash, views, params, m, wf, spec,
+                           anchors))
     chunk = 1 if mode == "per-view" else o.chunk or preset_chunk(wf)
     return Plan(workflow_path, mode, applied, chunk, jobs, notes)

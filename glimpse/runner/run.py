@@ -100,26 +100,43 @@ class Runner:
                       "filename_prefix": f"{job.output_subfolder}/{view_name(views[0])}"}
         return apply_overrides(job.workflow, values)[0]
 
-    def _collect(self, client: ComfyClient, job: SetJob, views: list[int], history: dict) -> None:
+    def _collect(self, client: ComfyClient, job: SetJob, views: list[int], history: dict) -> int:
+        """Write the outputs of the views still missing (anchors sampled again for another server's record are
+        finished already and stay as they are); return how many were written."""
         per_view, lacking = outputs_by_view(history, views)
         if lacking:
             listed = ", ".join(sorted(it["filename"] for it in output_files(history))) or "none"
             raise RunError(f"the workflow's outputs lack {', '.join(f'{view_name(v)}.png' for v in lacking)} "
                            f"(files listed by the server: {listed}); is SaveViewSet in the workflow?")
-        for v in views:
+        with job.lock:
+            todo = [v for v in views if v in job.manifest["missing_views"]]
+        for v in todo:
             for name, it in per_view[v].items():
                 atomic_write_bytes(job.out_dir / name, client.view(it["filename"], it.get("subfolder", ""), "output"))
         facts = None
-        if self.mode == "set" and not job.manifest.get("workflow_facts"):
+        if todo and self.mode == "set" and (job.anchors or not job.manifest.get("workflow_facts")):
             facts = result_facts(client, per_view[views[0]][f"{view_name(views[0])}.png"].get("subfolder", ""))
+        cross = (facts or {}).pop("cross_view", None) or {}
         with job.lock:
-            for v in views:
-                mf.record(job.manifest, v, job.params, list(per_view[v]), server=client.url)
-            if facts:
+            for v in todo:
+                anchors = (cross.get("view_anchors") or {}).get(str(v))
+                mf.record(job.manifest, v, job.params, list(per_view[v]), server=client.url,
+                          **({"anchors": anchors} if anchors is not None else {}))
+            if cross:
+                job.manifest["cross_view"] = {k: x for k, x in cross.items() if k != "view_anchors"}
+            if facts and not job.manifest.get("workflow_facts"):
                 job.manifest["workflow_facts"] = facts
             mf.save(job.manifest, job.out_dir)
+        return len(todo)
 
     def _run_chunk(self, client: ComfyClient, job: SetJob, views: list[int]) -> None:
+        if job.anchors and views != job.anchors and client.url not in job.recorded:
+            # this server has not sampled the set's anchors in this run: their record, which every other view
+            # attends to, lives in the server's process (and a rerun starts a new one), so sample them here first
+            self._run_prompt(client, job, job.anchors)
+        self._run_prompt(client, job, views)
+
+    def _run_prompt(self, client: ComfyClient, job: SetJob, views: list[int]) -> None:
         self._upload(client, job)
         prompt = self._chunk_prompt(job, views)
         sel = selection_string(views)
@@ -142,12 +159,15 @@ class Runner:
 
         _, history = client.run(prompt, on_event, self.stop, source=f"the prompt for {label}", on_queued=on_queued)
         t_done = time.monotonic()
-        self._collect(client, job, views, history)
+        if views == job.anchors:
+            with job.lock:
+                job.recorded.add(client.url)
+        written = self._collect(client, job, views, history)
         t_end = time.monotonic()
         self.timing.count_executed(ran)
         self.timing.add(queue_s=t_q.get("queued", t_start) - t_start, collect_s=t_end - t_done,
-                        server_s=server_seconds(history), wall_s=t_end - t_start, views=len(views))
-        self.progress.views_done(len(views), f"{label} on {client.url}")
+                        server_s=server_seconds(history), wall_s=t_end - t_start, views=written)
+        self.progress.views_done(written, f"{label} on {client.url}" + ("" if written else " (anchors' record)"))
 
     def _worker(self, client: ComfyClient, work: WorkPool, alive: dict) -> None:
         while not self.stop.is_set():
@@ -198,7 +218,10 @@ class Runner:
         self.progress.message(f"{len(clients)} server(s), {self.chunk} view(s) per prompt")
         work = WorkPool()
         for job in self.jobs:
-            for views in chunk_views(job.manifest["missing_views"], self.chunk):
+            missing = job.manifest["missing_views"]
+            if set(job.anchors) & set(missing):
+                work.put((job, list(job.anchors)))  # all of them: they are sampled together
+            for views in chunk_views([v for v in missing if v not in job.anchors], self.chunk):
                 work.put((job, views))
         alive = {c.url: True for c in clients}
         self._alive_lock = threading.Lock()

@@ -253,3 +253,37 @@ def test_view_noise_depends_on_seed_and_view_only():
     assert abs(float(whole.std()) - 1) < 0.1
     with pytest.raises(ValueError, match="noise for 2 latents but 1 view indices"):
         view_noise((2, 4, 8, 8), 1, [0])
+
+
+# -- the runner ------------------------------------------------------------------------------------------------------
+
+def _workflow(preset="t4_balanced", mode="correspondence", weight=0.5, anchors="auto", count=4, linked=True):
+    wf = {
+        "1": {"class_type": "MemoryPreset", "inputs": {"preset": preset, "cross_view": "correspondence",
+                                                       "anchor_count": 3, "views_per_chunk": 1}},
+        "2": {"class_type": "LoadViewSet", "inputs": {"path": "", "views": "all", "anchors": anchors,
+                                                      "anchor_count": count}},
+        "20": {"class_type": "GlimpseCrossViewAttention", "inputs": {"mode": mode, "weight": weight}},
+    }
+    if linked:
+        wf["2"]["inputs"]["settings"] = wf["20"]["inputs"]["settings"] = ["1", 0]
+    return wf
+
+
+def test_runner_picks_the_anchors_the_nodes_pick():
+    from glimpse.runner.prepare import cross_view_anchors
+    from glimpse.runner.workflow import apply_overrides
+    from glimpse.scan import scan_view_set
+
+    spec = scan_view_set(FOX_CAMERAS.parent)
+    assert cross_view_anchors(_workflow(), spec) == [0, 4, 8, 12]  # t4_balanced: 4 anchors
+    assert cross_view_anchors(_workflow(preset="custom"), spec) == [0, 4, 8]  # the custom field: 3
+    assert cross_view_anchors(_workflow(linked=False, count=2), spec) == [0, 8]
+    assert cross_view_anchors(_workflow(linked=False, anchors="1,9"), spec) == [1, 9]
+    assert cross_view_anchors(_workflow(linked=False, mode="off"), spec) == []
+    assert cross_view_anchors(_workflow(linked=False, weight=0.0), spec) == []
+    off, applied = apply_overrides(_workflow(), {"cross_view": "off"})
+    assert off["1"]["inputs"]["preset"] == "custom" and off["1"]["inputs"]["cross_view"] == "off"
+    assert off["20"]["inputs"]["mode"] == "off" and cross_view_anchors(off, spec) == []
+    with pytest.raises(ValueError, match="anchors: view selection '20' is outside 0-15"):
+        cross_view_anchors(_workflow(linked=False, anchors="0,20"), spec)

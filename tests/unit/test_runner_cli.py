@@ -60,11 +60,11 @@ def run_cli(args, tmp_path, **kw):
 def test_parsing_servers_and_overrides():
     a = build_parser().parse_args(["run", "views", "--out", "o", "--server", "h1:8188", "h2:8188", "--server",
                                    "http://h3", "--steps", "2", "--strength", "0.5", "--seed", "7", "--save-hints",
-                                   "--comfy-arg=--bf16-unet", "--chunk", "2"])
+                                   "--comfy-arg=--bf16-unet", "--chunk", "2", "--cross-view", "extended"])
     opts = run_options(a)
     assert opts.servers == ["h1:8188", "h2:8188", "http://h3"]
-    assert opts.overrides == {"preset": None, "steps": 2, "strength": 0.5, "seed": 7, "subject": None,
-                              "template": None, "resolution": None, "save_hints": True}
+    assert opts.overrides == {"preset": None, "steps": 2, "strength": 0.5, "seed": 7, "cross_view": "extended",
+                              "subject": None, "template": None, "resolution": None, "save_hints": True}
     assert opts.comfy_args == ["--bf16-unet"] and opts.chunk == 2
     b = build_parser().parse_args(["run", "views", "--out", "o"])
     assert run_options(b).overrides["save_hints"] is None, "no flag: the workflow's own value stays"
