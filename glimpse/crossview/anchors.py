@@ -16,6 +16,9 @@ from ..views import parse_selection
 
 DEFAULT_ANCHOR_COUNT = 4
 DEFAULT_NEIGHBOURS = 2
+# Directions are compared after rounding, so that views equally far from two anchors (a camera file's float noise
+# apart) break the tie by index, as the docstring promises, on every machine.
+TIE_DECIMALS = 9
 
 
 def viewing_directions(world_to_camera) -> np.ndarray:
@@ -33,7 +36,7 @@ def choose_anchors(world_to_camera, count: int = DEFAULT_ANCHOR_COUNT) -> list[i
     gap = 1.0 - d @ d[0]  # 1 - cos: monotonic in the angle to the nearest chosen anchor
     for _ in range(min(count, len(d)) - 1):
         gap[chosen] = -1.0
-        nxt = int(np.argmax(gap))  # the first maximum: ties go to the lower index
+        nxt = int(np.argmax(np.round(gap, TIE_DECIMALS)))  # the first maximum: ties go to the lower index
         chosen.append(nxt)
         gap = np.minimum(gap, 1.0 - d @ d[nxt])
     return sorted(chosen)
@@ -61,7 +64,7 @@ def anchor_order(world_to_camera, anchors: list[int]) -> np.ndarray:
     """int64 [N, A]: for each view of the set, the ``anchors`` from nearest to farthest viewing direction (ties to
     the lower index). An anchor's own index is left out and its row padded with -1 at the end."""
     d = viewing_directions(world_to_camera)
-    cos = d @ d[anchors].T  # [N, A]
+    cos = np.round(d @ d[anchors].T, TIE_DECIMALS)  # [N, A]
     order = np.full((len(d), len(anchors)), -1, dtype=np.int64)
     for view in range(len(d)):
         ranked = [anchors[j] for j in sorted(range(len(anchors)), key=lambda j: (-cos[view, j], anchors[j]))

@@ -122,28 +122,29 @@ def test_one_seed_and_every_runner_override_lands(name):
     assert loader["inputs"]["views"] == "0-3" and loader["inputs"]["path"] == "glimpse/abc"
 
 
-def small(api: dict, views: str, subfolder: str, resolution: int = 128) -> dict:
-    """The twin at ``resolution`` px on ``views``, saving hints into ``subfolder``."""
+def small(api: dict, views: str, subfolder: str, resolution: int = 128, anchors: str = "auto") -> dict:
+    """The twin at ``resolution`` px on ``views`` (with these cross-view anchors), saving hints into ``subfolder``."""
     out = copy.deepcopy(api)
     for node in out.values():
         if node["class_type"] == "LoadViewSet":
             node["inputs"].pop("settings")
-            node["inputs"].update(path=str(FOX), views=views, resolution=resolution)
+            node["inputs"].update(path=str(FOX), views=views, resolution=resolution, anchors=anchors)
         elif node["class_type"] == "SaveViewSet":
             node["inputs"].update(subfolder=subfolder, save_hints=True)
     return out
 
 
-RUNS = {"glimpse_enhance_t4": ("all", 16), "glimpse_enhance_speed": ("0-3", 4),
-        "glimpse_enhance_quality": ("2,9", 2)}
+# views, how many, the cross-view anchors among them (sampled first, together)
+RUNS = {"glimpse_enhance_t4": ("all", 16, "auto"), "glimpse_enhance_speed": ("0-3", 4, "0,2"),
+        "glimpse_enhance_quality": ("2,9", 2, "2,9")}
 
 
 @pytest.mark.parametrize("name", NAMES)
 def test_api_twin_runs_end_to_end(name, comfy_server):
-    views, count = RUNS[name]
+    views, count, anchors = RUNS[name]
     subfolder = f"workflow_test/{name}"
     t0 = time.perf_counter()
-    history = comfy_server.queue(small(twin(name), views, subfolder), timeout=1500)
+    history = comfy_server.queue(small(twin(name), views, subfolder, anchors=anchors), timeout=1500)
     seconds = time.perf_counter() - t0
     comfy_server.timings[f"{name} {count} views"] = seconds
     assert history["status"]["status_str"] == "success"
