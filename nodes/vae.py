@@ -103,13 +103,33 @@ def run_vae(vae, x: torch.Tensor, plan: VaePlan, decode: bool, half: str, tile_s
     return out, line
 
 
-def _tiling(settings, tiled: bool, tile_size: int) -> tuple[bool, int]:
-    return (settings.tiled_vae, settings.vae_tile_size) if settings is not None else (tiled, tile_size)
+def _execute(name: str, vae, x: torch.Tensor, decode: bool, settings, tiled: bool, tile_size: int,
+             fp16: str) -> tuple[torch.Tensor, ui.PreviewText]:
+    """A node's pass: the settings' tiling (else the node's own), planned for ``x``'s image size, run, reported."""
+    if settings is not None:
+        tiled, tile_size = settings.tiled_vae, settings.vae_tile_size
+    scale = vae.spacial_compression_decode() if decode else 1
+    plan = plan_vae(tiled, tile_size, x.shape[-2] * scale, x.shape[-1] * scale)
+    out, line = run_vae(vae, x, plan, decode, fp16, tile_size, name)
+    log.info("%s: %s", name, line)
+    return out, ui.PreviewText(line)
 
 
-def _inputs(image: io.Input) -> list[io.Input]:
+def _schema(node_id: str, what: str, first: io.Input, output) -> io.Schema:
+    return io.Schema(
+        node_id=node_id,
+        display_name=f"VAE {what} (Glimpse)",
+        category="Glimpse",
+        description=f"VAE {what.lower()} as the settings say: one untiled pass, or one tiled pass with blended "
+                    f"overlaps (never core VAE{what}Tiled's three passes); fp16 on cards without bf16, with an fp32 "
+                    "redo of any view that overflows.",
+        inputs=[first, *_inputs()],
+        outputs=[output],
+    )
+
+
+def _inputs() -> list[io.Input]:
     return [
-        image,
         io.Vae.Input("vae", tooltip="The VAE, e.g. Load VAE with sdxl_vae_fp16_fix.safetensors (madebyollin/"
                                     "sdxl-vae-fp16-fix) or LightningLoader's."),
         Settings.Input("settings", optional=True,
@@ -132,53 +152,31 @@ def _inputs(image: io.Input) -> list[io.Input]:
 class GlimpseVAEEncode(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
-        return io.Schema(
-            node_id="GlimpseVAEEncode",
-            display_name="VAE Encode (Glimpse)",
-            category="Glimpse",
-            description="VAE encode as the settings say: one untiled pass, or one tiled pass with blended overlaps "
-                        "(never core VAEEncodeTiled's three passes); fp16 on cards without bf16, with an fp32 redo of "
-                        "any view that overflows.",
-            inputs=_inputs(io.Image.Input("pixels", tooltip="The views to encode (IMAGE, e.g. LoadViewSet images).")),
-            outputs=[io.Latent.Output(display_name="LATENT", tooltip="The views' latents.")],
-        )
+        return _schema("GlimpseVAEEncode", "Encode",
+                       io.Image.Input("pixels", tooltip="The views to encode (IMAGE, e.g. LoadViewSet images)."),
+                       io.Latent.Output(display_name="LATENT", tooltip="The views' latents."))
 
     @classmethod
     def execute(cls, pixels: torch.Tensor, vae, settings=None, tiled: bool = False, tile_size: int = DEFAULT_TILE,
                 fp16: str = "auto") -> io.NodeOutput:
-        tiled, tile_size = _tiling(settings, tiled, tile_size)
-        pixels = vae.vae_encode_crop_pixels(pixels[..., :3])
-        x = vae.process_input(pixels.movedim(-1, 1))
-        plan = plan_vae(tiled, tile_size, x.shape[-2], x.shape[-1])
-        samples, line = run_vae(vae, x, plan, False, fp16, tile_size, "GlimpseVAEEncode")
-        log.info("GlimpseVAEEncode: %s", line)
-        return io.NodeOutput({"samples": samples}, ui=ui.PreviewText(line))
+        x = vae.process_input(vae.vae_encode_crop_pixels(pixels[..., :3]).movedim(-1, 1))
+        samples, report = _execute("GlimpseVAEEncode", vae, x, False, settings, tiled, tile_size, fp16)
+        return io.NodeOutput({"samples": samples}, ui=report)
 
 
 class GlimpseVAEDecode(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
-        return io.Schema(
-            node_id="GlimpseVAEDecode",
-            display_name="VAE Decode (Glimpse)",
-            category="Glimpse",
-            description="VAE decode as the settings say: one untiled pass, or one tiled pass with blended overlaps "
-                        "(never core VAEDecodeTiled's three passes); fp16 on cards without bf16, with an fp32 redo of "
-                        "any view that overflows.",
-            inputs=_inputs(io.Latent.Input("samples", tooltip="The latents to decode (e.g. from the sampler).")),
-            outputs=[io.Image.Output(display_name="IMAGE", tooltip="The decoded views, 0..1.")],
-        )
+        return _schema("GlimpseVAEDecode", "Decode",
+                       io.Latent.Input("samples", tooltip="The latents to decode (e.g. from the sampler)."),
+                       io.Image.Output(display_name="IMAGE", tooltip="The decoded views, 0..1."))
 
     @classmethod
     def execute(cls, samples: dict, vae, settings=None, tiled: bool = False, tile_size: int = DEFAULT_TILE,
                 fp16: str = "auto") -> io.NodeOutput:
-        tiled, tile_size = _tiling(settings, tiled, tile_size)
         z = samples["samples"]
         if z.dim() != 4:
             raise ValueError(f"GlimpseVAEDecode takes image latents [B,C,h,w], got shape {list(z.shape)}")
-        scale = vae.spacial_compression_decode()
-        plan = plan_vae(tiled, tile_size, z.shape[-2] * scale, z.shape[-1] * scale)
-        out, line = run_vae(vae, z, plan, True, fp16, tile_size, "GlimpseVAEDecode")
-        log.info("GlimpseVAEDecode: %s", line)
-        return io.NodeOutput(vae.process_output(out).movedim(1, -1), ui=ui.PreviewText(line))
+        out, report = _execute("GlimpseVAEDecode", vae, z, True, settings, tiled, tile_size, fp16)
+        return io.NodeOutput(vae.process_output(out).movedim(1, -1), ui=report)
 
