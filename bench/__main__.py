@@ -122,10 +122,15 @@ def _model(entry: dict, config: str, resolution: int, size: str, cost_1024: dict
     if cost_1024:
         c = cost_1024["configs"][config]
         entry["model_1024"] = {"ours": c["ours"], "baseline": c["baseline"], "flop_ratio": c["flop_ratio"]}
-        if per_set_result and per_set_result["size"] == 1024:
-            nodes = sum(w["flop"] + w["elems"] for w in per_set_result["work"].values()) / per_set_result["views"]
+        if per_set_result and per_set_result["size"] == 1024:  # our nodes' work per view, counted at 1024 px
+            work = per_set_result["work"].values()
+            views = per_set_result["views"]
+            nodes = sum(w["flop"] + w["elems"] for w in work) / views
             models = sum(w["flop"] + w["elems"] for w in c["ours"]["work_by_phase"].values())
-            entry["model_1024"]["ours_work_share"] = nodes / (nodes + models)
+            ours = dict(c["ours"], tflop_by_phase=dict(c["ours"]["tflop_by_phase"],
+                                                       ours=sum(w["flop"] for w in work) / views / 1e12))
+            ours["tflop_per_view"] = sum(ours["tflop_by_phase"].values())
+            entry["model_1024"].update(ours=ours, ours_work_share=nodes / (nodes + models))
         for card in cost.CARDS:
             entry[f"{card}_model"] = c[f"{card}_model"]
         key = _card_key(entry.get("gpu", ""))
@@ -212,7 +217,7 @@ def _work_tables(result: dict) -> list[str]:
         here = c.get("ours", {}).get("ours_work_share")
         at = (c.get("model_1024") or {}).get("ours_work_share")
         if here is not None:
-            shares.append(f"{n} {here:.2%} here" + (f", {at:.2%} at 1024 px" if at is not None else ""))
+            shares.append(f"{n} {100 * here:.2g} % here" + (f", {100 * at:.2g} % at 1024 px" if at is not None else ""))
     if shares:
         lines += ["", "Our nodes' share of the executed work (FLOPs plus element writes): " + "; ".join(shares) + "."]
     rows = [(n, c["model_1024"]) for n, c in configs.items() if c.get("model_1024")]
