@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from glimpse.presets import PRESETS
+from glimpse.vae import FP16_SAFE_VAE
 from glimpse.workflow_format import api_to_canvas, canvas_to_api
 
 REPO = Path(__file__).resolve().parents[1]
@@ -38,7 +39,6 @@ HF = "https://huggingface.co"
 SDXL_BASE = "sd_xl_base_1.0.safetensors"
 CN_SMALL = "controlnet-depth-sdxl-1.0-small.safetensors"
 CN_FULL = "controlnet-depth-sdxl-1.0.safetensors"
-VAE_FP16_FIX = "sdxl_vae_fp16_fix.safetensors"
 # file -> (ComfyUI models folder, download URL, what to do with it)
 MODEL_FILES = {
     SDXL_BASE: ("checkpoints", f"{HF}/stabilityai/stable-diffusion-xl-base-1.0/resolve/main/{SDXL_BASE}", ""),
@@ -54,7 +54,7 @@ MODEL_FILES = {
     CN_FULL: ("controlnet", f"{HF}/diffusers/controlnet-depth-sdxl-1.0/resolve/main/"
                             "diffusion_pytorch_model.fp16.safetensors",
               "download `diffusion_pytorch_model.fp16.safetensors` and rename it"),
-    VAE_FP16_FIX: ("vae", f"{HF}/madebyollin/sdxl-vae-fp16-fix/resolve/main/sdxl_vae.safetensors",
+    FP16_SAFE_VAE: ("vae", f"{HF}/madebyollin/sdxl-vae-fp16-fix/resolve/main/sdxl_vae.safetensors",
                    "download `sdxl_vae.safetensors` and rename it (stabilityai's file of that name overflows in fp16)"),
 }
 
@@ -75,7 +75,7 @@ WORKFLOWS = (
             "loras/sdxl_lightning_4step_lora.safetensors", CN_SMALL,
             "4-step Lightning LoRA on SDXL base, small depth ControlNet, the fp16-safe SDXL VAE (fp16 on cards "
             "without bf16) in one tiled pass, one view per chunk at 1024 px: fits a 16 GB T4 (planned under 10 GiB).",
-            VAE_FP16_FIX),
+            FP16_SAFE_VAE),
     Variant("glimpse_enhance_speed", "Glimpse Enhance: speed", "speed",
             "loras/sdxl_lightning_2step_lora.safetensors", CN_SMALL,
             "2-step Lightning LoRA at strength 0.5, small depth ControlNet, 768 px, four views per chunk, untiled "
