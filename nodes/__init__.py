@@ -10,6 +10,7 @@ from .lightning import GlimpseCheckpointLoader, LightningLoader
 from .memory import MemoryPreset, MemoryReport
 from .prompt import GlimpsePrompt, register_prompt_folder
 from .save import SaveViewSet
+from .vae import GlimpseVAEDecode, GlimpseVAEEncode
 from .viewset import LoadViewSet
 
 
@@ -30,4 +31,6 @@ class GlimpseExtension(ComfyExtension):
             ConfidenceBlend,
             ViewConsistency,
             SaveViewSet,
+            GlimpseVAEEncode,
+            GlimpseVAEDecode,
         ]
