@@ -20,6 +20,8 @@ DepthControlNet make them), same models and settings as the bundled workflow of 
 - Prompt: fixed random prompt embeddings (one encode per set is negligible and the same for both sides).
 
 Times every call (device-synchronised): VAE encode, UNet, ControlNet, VAE decode per view; one warm-up view first.
+Then one more view runs under bench.work.WorkCounter: the work it executes, by the same phases. Every model stays on
+the device for the whole run, so no weights move between views.
 """
 from __future__ import annotations
 
@@ -44,6 +46,7 @@ from .common import (
     settings_of,
     write_json,
 )
+from .work import Work, WorkCounter
 
 LIGHTNING_UNET = "diffusion_models/sdxl_lightning_4step_unet.safetensors"
 
@@ -64,23 +67,49 @@ def _load_state(model, path: Path, dtype, device) -> None:
     model.to(device=device, dtype=dtype)
 
 
-def build_unet(path: Path, dtype, device):
-    """The diffusers UNet of a Lightning full-UNet fixture file (full SDXL, or the Vega size of the everyday tests)."""
+def meta_unet(size: str):
+    """The diffusers SDXL UNet of ``size`` ("full", or "vega": Segmind-Vega's fewer transformer layers and a middle
+    block of one resnet) on the meta device."""
     from diffusers import UNet2DConditionModel
-    from safetensors import safe_open
 
     config = _config("sdxl_unet.json")
-    with safe_open(str(path), "pt") as f:
-        keys = set(f.keys())
-    vega = "mid_block.attentions.0.proj_in.weight" not in keys
-    if vega:  # Segmind-Vega layout: fewer transformer layers, a middle block of one resnet
+    if size == "vega":
         config["transformer_layers_per_block"] = [1, 1, 2]
     with torch.device("meta"):
         unet = UNet2DConditionModel(**config)
-        if vega:
+        if size == "vega":
             unet.mid_block = _ResnetMid(unet.mid_block.resnets[0])
+    return unet
+
+
+def meta_controlnet(layout: str):
+    """The diffusers SDXL ControlNet of ``layout`` (tests/fixtures/controlnet.py's configs) on the meta device."""
+    from diffusers import ControlNetModel
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from tests.fixtures.controlnet import CONTROLNET_CONFIGS
+
+    with torch.device("meta"):
+        return ControlNetModel(**CONTROLNET_CONFIGS[layout])
+
+
+def meta_vae():
+    """The diffusers SDXL VAE (bench/configs/sdxl_vae.json) on the meta device."""
+    from diffusers import AutoencoderKL
+
+    with torch.device("meta"):
+        return AutoencoderKL(**_config("sdxl_vae.json"))
+
+
+def build_unet(path: Path, dtype, device):
+    """The diffusers UNet of a Lightning full-UNet fixture file (full SDXL, or the Vega size of the everyday tests)."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as f:
+        size = "full" if "mid_block.attentions.0.proj_in.weight" in f.keys() else "vega"
+    unet = meta_unet(size)
     _load_state(unet, path, dtype, device)
-    return unet, ("vega" if vega else "full")
+    return unet, size
 
 
 class _ResnetMid(torch.nn.Module):
@@ -95,13 +124,7 @@ class _ResnetMid(torch.nn.Module):
 
 
 def build_controlnet(path: Path, layout: str, dtype, device):
-    from diffusers import ControlNetModel
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from tests.fixtures.controlnet import CONTROLNET_CONFIGS
-
-    with torch.device("meta"):
-        cn = ControlNetModel(**CONTROLNET_CONFIGS[layout])
+    cn = meta_controlnet(layout)
     _load_state(cn, path, dtype, device)
     return cn
 
@@ -171,10 +194,11 @@ def main(argv: list[str] | None = None) -> int:
     pooled = (torch.randn(1, 1280, generator=gen) * 0.5).to(device, dtype)
 
     clock = Clock(device)
-    vae.encode = clock.wrap("vae_encode", vae.encode)
-    vae.decode = clock.wrap("vae_decode", vae.decode)
-    unet.forward = clock.wrap("unet", unet.forward)
-    controlnet.forward = clock.wrap("controlnet", controlnet.forward)
+    counter = WorkCounter()
+    vae.encode = counter.wrap("vae_encode", clock.wrap("vae_encode", vae.encode))
+    vae.decode = counter.wrap("vae_decode", clock.wrap("vae_decode", vae.decode))
+    unet.forward = counter.wrap("unet", clock.wrap("unet", unet.forward))
+    controlnet.forward = counter.wrap("controlnet", clock.wrap("controlnet", controlnet.forward))
 
     def one(i: int):
         return pipe(prompt_embeds=prompt_embeds, pooled_prompt_embeds=pooled, image=images[i:i + 1],
@@ -199,12 +223,17 @@ def main(argv: list[str] | None = None) -> int:
                 torch.cuda.synchronize()
             per_view.append(time.perf_counter() - t)
         wall = time.perf_counter() - t_all
-    unet_calls = clock.calls.get("unet", 0) / args.views
+        unet_calls = clock.calls.get("unet", 0) / args.views
+        parts = {"vae_encode": clock.seconds.get("vae_encode", 0.0), "unet": clock.seconds.get("unet", 0.0),
+                 "controlnet": clock.seconds.get("controlnet", 0.0), "vae_decode": clock.seconds.get("vae_decode", 0.0)}
+        clock.reset()
+        with counter:
+            one(0)
+        counted_calls = dict(clock.calls)
     if unet_calls != k:
         raise RuntimeError(f"the baseline ran {unet_calls} UNet steps per view, expected {k}")
-    parts = {"vae_encode": clock.seconds.get("vae_encode", 0.0), "unet": clock.seconds.get("unet", 0.0),
-             "controlnet": clock.seconds.get("controlnet", 0.0), "vae_decode": clock.seconds.get("vae_decode", 0.0)}
     parts["other"] = max(0.0, wall - sum(parts.values()))
+    by_phase = {p: counter.by_phase.get(p, Work()) for p in ("vae_encode", "unet", "controlnet", "vae_decode", "other")}
     out = {
         "pipeline": "diffusers StableDiffusionXLControlNetImg2ImgPipeline",
         "workflow_settings_from": source,
@@ -226,6 +255,13 @@ def main(argv: list[str] | None = None) -> int:
         "wall_16_s": wall if args.views == 16 else None,
         "split_s": parts,
         "split_per_view_s": {key: v / args.views for key, v in parts.items()},
+        "work_counted": "one more view under bench.work.WorkCounter",
+        "tflop_per_view": counter.total().flop / 1e12,
+        "tflop_by_phase": {p: w.flop / 1e12 for p, w in by_phase.items()},
+        "work_by_phase_per_view": {p: w.as_dict() for p, w in by_phase.items()},
+        "unet_tflop_per_call": by_phase["unet"].flop / counted_calls["unet"] / 1e12,
+        "controlnet_tflop_per_call": by_phase["controlnet"].flop / counted_calls["controlnet"] / 1e12,
+        "weights_moved_gib_per_view": 0.0,
         "peak_rss_gib": peak_rss_bytes() / 2 ** 30,
         "gpu": gpu_name(device),
     }

@@ -22,15 +22,17 @@ CONFIGS = {"t4": "t4_balanced", "speed": "speed", "quality": "quality"}
 
 # node class -> time-split part (the rest of this pack is "ours", anything else "other")
 PARTS = {
-    "VAEEncode": "vae_encode", "VAEEncodeTiled": "vae_encode",
+    "VAEEncode": "vae_encode", "VAEEncodeTiled": "vae_encode", "GlimpseVAEEncode": "vae_encode",
     "SamplerCustomAdvanced": "sampling", "KSamplerAdvanced": "sampling", "KSampler": "sampling",
     "SamplerCustom": "sampling",
-    "VAEDecode": "vae_decode", "VAEDecodeTiled": "vae_decode",
+    "VAEDecode": "vae_decode", "VAEDecodeTiled": "vae_decode", "GlimpseVAEDecode": "vae_decode",
     "CheckpointLoaderSimple": "loaders", "GlimpseCheckpointLoader": "loaders", "LoraLoaderModelOnly": "loaders",
-    "UNETLoader": "loaders", "ControlNetLoader": "loaders",
+    "UNETLoader": "loaders", "ControlNetLoader": "loaders", "VAELoader": "loaders",
     "GlimpsePrompt": "text_encode", "CLIPTextEncode": "text_encode",  # CLIP runs inside GlimpsePrompt
 }
 SPLIT_PARTS = ("vae_encode", "sampling", "vae_decode", "ours", "text_encode", "loaders", "other")
+# phases of the executed work: the sampler's own work beside the UNet and ControlNet counts as other
+WORK_PHASES = ("vae_encode", "unet", "controlnet", "vae_decode", "ours", "text_encode", "other")
 
 
 def build_view_set(dst: Path, size: int, views: int = 16, src: Path = FOX) -> Path:

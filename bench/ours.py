@@ -9,6 +9,12 @@ Every run after the first changes the RandomNoise seed and LoadViewSet's backgro
 node but the model loaders runs again (a new set on loaded models); the first run's extra time is the load time.
 Each node execution is timed (device-synchronised) by wrapping ``execution.get_output_data``, and the times are
 summed by node class and split into VAE encode, sampling, VAE decode, our nodes, loaders and other.
+
+After the timed runs, one more warm run of the same graph executes under bench.work.WorkCounter: the work it
+executes, by phase (the UNet and the ControlNet inside the sampler apart). Weights moved between the compute device
+and the offload device are the changes of each model's loaded bytes across every node execution of the timed runs
+(a model loaded and dropped inside one node is not seen; none on the CPU, where the two devices are one).
+``--chunk-sweep`` runs the graph again with other views per chunk (custom preset) on the loaded models.
 """
 from __future__ import annotations
 
@@ -20,6 +26,7 @@ import sys
 import tempfile
 import time
 import uuid
+from dataclasses import replace
 from pathlib import Path
 
 # glimpse before ComfyUI starts: start_in_process takes the repo root off sys.path, and on a machine where the
@@ -31,6 +38,7 @@ from .common import (
     PARTS,
     REPO,
     SPLIT_PARTS,
+    WORK_PHASES,
     Clock,
     executed_steps,
     gpu_name,
@@ -41,6 +49,7 @@ from .common import (
     settings_of,
     write_json,
 )
+from .work import Work, WorkCounter
 
 BACKGROUNDS = ("#808080", "#7f7f7f")
 
@@ -118,6 +127,42 @@ def _seed_nodes(wf: dict) -> list[tuple[str, str]]:
     return out
 
 
+class WeightMoves:
+    """Bytes of model weights moved between a compute device and its (different) offload device: the change of each
+    loaded model's bytes on its device across a node execution, summed in both directions."""
+
+    def __init__(self, mm):
+        self.mm = mm
+        self.bytes = 0
+
+    def loaded(self) -> dict[int, int]:
+        return {id(lm.model): lm.model.loaded_size() for lm in list(self.mm.current_loaded_models)
+                if lm.model is not None and lm.device != lm.model.offload_device}
+
+    def add(self, before: dict[int, int], after: dict[int, int]) -> None:
+        self.bytes += sum(abs(after.get(k, 0) - before.get(k, 0)) for k in set(before) | set(after))
+
+
+def work_summary(counter: WorkCounter, views: int, unet_calls: int, controlnet_calls: int) -> dict:
+    """The counted run's work per view, by phase; the UNet's and ControlNet's per call; our nodes' share."""
+    by_phase = {p: counter.by_phase.get(p, Work()) for p in WORK_PHASES}
+    by_phase["other"] = Work()
+    for name, w in counter.by_phase.items():
+        if name not in WORK_PHASES or name == "other":
+            by_phase["other"] += w
+    per_view = {p: w.scaled(1 / views) for p, w in by_phase.items()}
+    total = counter.total()
+    return {
+        "tflop_per_view": total.flop / views / 1e12,
+        "tflop_by_phase": {p: w.flop / 1e12 for p, w in per_view.items()},
+        "work_by_phase_per_view": {p: w.as_dict() for p, w in per_view.items()},
+        "unet_tflop_per_call": by_phase["unet"].flop / unet_calls / 1e12 if unet_calls else None,
+        "controlnet_tflop_per_call": by_phase["controlnet"].flop / controlnet_calls / 1e12 if controlnet_calls else None,
+        # our nodes' FLOPs plus element writes, against everything's: the share of executed work that is ours
+        "ours_work_share": (by_phase["ours"].flop + by_phase["ours"].elems) / max(1, total.flop + total.elems),
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.ours")
     ap.add_argument("--device", choices=("cpu", "cuda"), required=True)
@@ -127,6 +172,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--resolution", type=int, required=True)
     ap.add_argument("--config", required=True)
     ap.add_argument("--repeat", type=int, default=3, help="warm runs after the first")
+    ap.add_argument("--chunk-sweep", default="", help="comma-separated views per chunk to run as well, e.g. 1,2,4")
+    ap.add_argument("--vram-cap-gib", type=float, help="cuda: cap this process's GPU memory (a T4's 15 GiB)")
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -140,10 +187,18 @@ def main(argv: list[str] | None = None) -> int:
     tmp = Path(tempfile.mkdtemp(prefix="glimpse-bench-ours-"))
     base = make_base_dir(tmp / "comfy")
     flags = ["--base-directory", str(base)] + (["--cpu"] if args.device == "cpu" else [])
+    if args.vram_cap_gib and args.device == "cuda":
+        import torch
+
+        total = torch.cuda.get_device_properties(0).total_memory / 2 ** 30
+        torch.cuda.set_per_process_memory_fraction(min(1.0, args.vram_cap_gib / total))
+        flags += ["--reserve-vram", f"{max(0.0, total - args.vram_cap_gib):.2f}"]  # ComfyUI plans with the cap too
     t0 = time.perf_counter()
     comfy = start_in_process(base, args.models_dir.resolve(), flags)
     startup_s = time.perf_counter() - t0
     execution, nodes, torch = comfy.execution, comfy.nodes, comfy.torch
+    import comfy.model_management as mm
+
     if args.device == "cuda":
         torch.cuda.reset_peak_memory_stats()
 
@@ -152,6 +207,11 @@ def main(argv: list[str] | None = None) -> int:
         class_of.setdefault(cls, node_id)
     clock = Clock(args.device)
     original = execution.get_output_data
+    counter = WorkCounter()  # phases are tracked always; work is counted only while it is the active mode
+    moves = WeightMoves(mm)
+
+    def part(name: str) -> str:
+        return PARTS.get(name) or ("ours" if name in comfy.pack else "other")
 
     items: dict[str, int] = {}  # calls of the node's function: one per list item (chunk), once for list inputs
 
@@ -162,32 +222,36 @@ def main(argv: list[str] | None = None) -> int:
         items[name] = items.get(name, 0) + n
         if args.device == "cuda":
             torch.cuda.synchronize()
+        before = moves.loaded()
         t = time.perf_counter()
         try:
-            return await original(prompt_id, unique_id, obj, input_data_all, *a, **kw)
+            with counter.phase(part(name)):
+                return await original(prompt_id, unique_id, obj, input_data_all, *a, **kw)
         finally:
             if args.device == "cuda":
                 torch.cuda.synchronize()
             clock.add(name, time.perf_counter() - t)
+            moves.add(before, moves.loaded())
 
     execution.get_output_data = timed_get_output_data
-    # inside the sampler: the UNet (BaseModel.apply_model) and the ControlNet (get_control), timed the same way, and
-    # the UNet calls counted (executed steps x chunks)
+    # inside the sampler: the UNet (BaseModel.apply_model) and the ControlNet (get_control), timed and counted the
+    # same way, and the UNet calls counted (executed steps x chunks)
     from comfy import controlnet as comfy_controlnet
     from comfy import model_base as comfy_model_base
 
     inner = Clock(args.device)
-    comfy_model_base.BaseModel.apply_model = inner.wrap("unet", comfy_model_base.BaseModel.apply_model)
+    comfy_model_base.BaseModel.apply_model = counter.wrap("unet", inner.wrap("unet",
+                                                                              comfy_model_base.BaseModel.apply_model))
     for cls in (comfy_controlnet.ControlNet, comfy_controlnet.T2IAdapter):
-        cls.get_control = inner.wrap("controlnet", cls.get_control)
+        cls.get_control = counter.wrap("controlnet", inner.wrap("controlnet", cls.get_control))
     executor = execution.PromptExecutor(_Sink(), cache_type=execution.CacheType.CLASSIC)
 
     wf, changes = adapt(workflow, settings, args.set.resolve(), args.views, args.resolution, f"bench_{args.config}")
     seeds = _seed_nodes(wf)
     loadviewset = nodes_of(wf, "LoadViewSet")[0]
-    runs = []
-    for i in range(1 + args.repeat):
-        prompt = copy.deepcopy(wf)
+
+    def run(i: int, graph: dict, what: str) -> dict:
+        prompt = copy.deepcopy(graph)
         for nid, key in seeds:
             prompt[nid]["inputs"][key] = 42 + i
         prompt[loadviewset]["inputs"]["background"] = BACKGROUNDS[i % 2]
@@ -205,16 +269,37 @@ def main(argv: list[str] | None = None) -> int:
         wall = time.perf_counter() - t
         if not executor.success:
             errors = [m for m in executor.status_messages if m[0] == "execution_error"]
-            raise RuntimeError(f"{args.config}: run {i} failed: {errors[-1][1] if errors else 'unknown error'}")
-        runs.append({"wall_s": wall, "nodes": dict(clock.seconds), "calls": dict(items),
-                     "inner": dict(inner.seconds), "inner_calls": dict(inner.calls)})
-        logging.info("bench ours %s run %d: %.2f s for %d views", args.config, i, wall, args.views)
+            raise RuntimeError(f"{args.config}: {what} failed: {errors[-1][1] if errors else 'unknown error'}")
+        logging.info("bench ours %s %s: %.2f s for %d views", args.config, what, wall, args.views)
+        return {"wall_s": wall, "nodes": dict(clock.seconds), "calls": dict(items), "inner": dict(inner.seconds),
+                "inner_calls": dict(inner.calls)}
+
+    runs = []
+    for i in range(1 + args.repeat):
+        if i == 1:
+            moves.bytes = 0  # the cold run's loads are load time, not per view
+        runs.append(run(i, wf, f"run {i}"))
+    moved = moves.bytes / max(1, args.repeat)
+    with counter:
+        counted = run(1 + args.repeat, wf, "counted run")
+    work = work_summary(counter, args.views, counted["inner_calls"].get("unet", 0),
+                        counted["inner_calls"].get("controlnet", 0))
+    by_chunk = {}
+    for chunk in sorted({int(c) for c in args.chunk_sweep.split(",") if c.strip()}):
+        graph, _ = adapt(workflow, replace(settings, views_per_chunk=chunk), args.set.resolve(), args.views,
+                         args.resolution, f"bench_{args.config}_chunk{chunk}")
+        for nid in nodes_of(graph, "MemoryPreset"):
+            graph[nid]["inputs"].update(preset="custom", views_per_chunk=chunk)
+        for nid in nodes_of(graph, "LoadViewSet"):
+            graph[nid]["inputs"]["views_per_chunk"] = chunk
+        sweep = [run(2 + args.repeat + j, graph, f"{chunk} views per chunk, run {j}") for j in range(2)]
+        by_chunk[str(chunk)] = {"s_per_view": sweep[-1]["wall_s"] / args.views,
+                                "sampler_calls": sweep[-1]["calls"].get("SamplerCustomAdvanced", 0)}
 
     def split(node_times: dict) -> dict:
         parts = dict.fromkeys(SPLIT_PARTS, 0.0)
         for name, s in node_times.items():
-            part = PARTS.get(name) or ("ours" if name in comfy.pack else "other")
-            parts[part] += s
+            parts[part(name)] += s
         return parts
 
     warm = runs[1:] or runs
@@ -246,12 +331,17 @@ def main(argv: list[str] | None = None) -> int:
         "nodes_s": node_split,
         "node_calls": pick["calls"],
         "first_run_nodes_s": runs[0]["nodes"],
+        "work_counted": "one more warm run under bench.work.WorkCounter (same graph, a new seed and background)",
+        **work,
+        "weights_moved_gib_per_view": moved / args.views / 2 ** 30,
+        "by_chunk": by_chunk,
         "peak_rss_gib": peak_rss_bytes() / 2 ** 30,
         "gpu": gpu_name(args.device),
     }
     if args.device == "cuda":
         out["peak_gpu_allocated_gib"] = torch.cuda.max_memory_allocated() / 2 ** 30
         out["peak_gpu_reserved_gib"] = torch.cuda.max_memory_reserved() / 2 ** 30
+        out["vram_cap_gib"] = args.vram_cap_gib
     write_json(args.out, out)
     import shutil
 

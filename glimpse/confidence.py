@@ -235,7 +235,7 @@ def confidence_weights(alpha: torch.Tensor, depth: DepthMaps, cameras: Cameras, 
     edge_r, feather_r = max(1, math.ceil(edge_radius * scale)), math.ceil(feather_radius * scale)
     a = alpha.float()
     if size != (h, w):  # each working pixel is as opaque as its least opaque pixel: trust never grows outwards
-        a = -F.adaptive_max_pool2d(-a[:, None], size)[:, 0]
+        a = min_pool(a, size)
     d, k = depth_at_size(depth, cameras, size)
     z = d.depth.to(a.device)
     weight = torch.zeros(n, *size, dtype=torch.float32, device=a.device)
@@ -256,6 +256,22 @@ def confidence_weights(alpha: torch.Tensor, depth: DepthMaps, cameras: Cameras, 
     for name, s in crop_signals.items():
         signals[name][:, t:b, le:r] = s
     return weight, signals, size
+
+
+def min_pool(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """[N,H,W] -> [N,h,w]: the minimum over each cell. For whole factors as elementwise minima of strided views
+    (several times faster on the CPU than pooling, which needs a negated copy besides), else adaptive pooling."""
+    (h, w), (sh, sw) = x.shape[-2:], size
+    fh, fw = h // sh, w // sw
+    if fh * sh != h or fw * sw != w:
+        return -F.adaptive_max_pool2d(-x[:, None], size)[:, 0]
+    rows = x[:, 0::fh]
+    for i in range(1, fh):
+        rows = torch.minimum(rows, x[:, i::fh])
+    out = rows[..., 0::fw]
+    for j in range(1, fw):
+        out = torch.minimum(out, rows[..., j::fw])
+    return out.contiguous()
 
 
 def upsample_weight(weight: torch.Tensor, alpha: torch.Tensor, opacity_low: float = 0.5) -> torch.Tensor:

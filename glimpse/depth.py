@@ -102,9 +102,12 @@ def depth_hint(depth: DepthMaps, mode: str = "shared_inverse", qs: tuple[float, 
     scale = 0.0 if flat else (1.0 - floor) / (hi - lo)
     if depth.depth.device.type != "cpu":
         return _hint_torch(depth, mode, near, far, lo, scale, floor, flat)
-    # CPU: numpy, one view at a time (single-threaded passes that stay in cache; no thread-pool stalls)
+    # CPU: numpy, one view at a time (single-threaded passes that stay in cache; no thread-pool stalls), the affine
+    # map as one multiply and one add, the background zeroed by multiplying with the valid mask
     out = torch.empty((n, h, w, 3), dtype=torch.float32)
     out_np = out.numpy()
+    sign = np.float32(scale if mode == "shared_inverse" else -scale)
+    offset = np.float32(floor - lo * scale)
     for i in range(n):
         x = np.clip(depth.depth[i].numpy(), np.float32(near), np.float32(far), dtype=np.float32)
         if flat:
@@ -112,12 +115,9 @@ def depth_hint(depth: DepthMaps, mode: str = "shared_inverse", qs: tuple[float, 
         else:
             if mode == "shared_inverse":
                 np.reciprocal(x, out=x)
-            else:
-                np.negative(x, out=x)
-            x -= np.float32(lo)
-            x *= np.float32(scale)
-            x += np.float32(floor)
-        x[~depth.valid[i].numpy()] = 0.0
+            np.multiply(x, sign, out=x)
+            np.add(x, offset, out=x)
+        np.multiply(x, depth.valid[i].numpy(), out=x)
         out_np[i] = x[..., None]
     return out
 

@@ -3,9 +3,10 @@
 Presets (what each trades):
 
 - ``t4_balanced`` (default): a 16 GB T4 (Colab/Kaggle; ComfyUI sees about 15 GiB) at 1024 px, one view at a time,
-  4 Lightning steps at strength 0.75, small depth ControlNet, tiled VAE (384 px tiles). Planned to stay under 10 GiB
-  with every model resident, so ComfyUI never moves weights between views. Trades: the small ControlNet follows depth
-  less tightly than the full one, and tiled decoding costs a little time.
+  4 Lightning steps at strength 0.75, small depth ControlNet, tiled VAE (one pass, 2x2 tiles of 544 px at 1024 px:
+  the fewest tiles, so the overlaps add little work). Planned to stay under 10 GiB with every model resident, so
+  ComfyUI never moves weights between views. Trades: the small ControlNet follows depth less tightly than the full
+  one, and tiled decoding costs a little time.
 - ``t4_minimal``: 8 GB cards, or a T4 shared with other work. fp8-stored UNet weights (computed in fp16; ComfyUI
   casts per layer, works on any CUDA GPU), 768 px, 256 px VAE tiles. Trades: slight fp8 quality loss, lower
   resolution, more VAE tiles.
@@ -85,7 +86,7 @@ DEFAULT_PRESET = "t4_balanced"
 
 PRESETS: dict[str, Settings] = {
     "t4_balanced": Settings(preset="t4_balanced", steps=4, strength=0.75, controlnet_strength=0.5, resolution=1024,
-                            views_per_chunk=1, tiled_vae=True, vae_tile_size=384, unet_dtype="default",
+                            views_per_chunk=1, tiled_vae=True, vae_tile_size=544, unet_dtype="default",
                             controlnet_size="small", cross_view="correspondence"),
     "t4_minimal": Settings(preset="t4_minimal", steps=4, strength=0.75, controlnet_strength=0.5, resolution=768,
                            views_per_chunk=1, tiled_vae=True, vae_tile_size=256, unet_dtype="fp8_e4m3fn",
@@ -98,6 +99,12 @@ PRESETS: dict[str, Settings] = {
                         controlnet_size="full", cross_view="correspondence"),
 }
 PRESETS["custom"] = replace(PRESETS[DEFAULT_PRESET], preset="custom")
+
+
+def controlnet_size_of(params: int) -> str:
+    """The CONTROLNET_SIZES class of a control model with ``params`` parameters: the nearer of CONTROLNET_PARAMS on a
+    log scale (a T2I-Adapter's 79 M and the mid-size ControlNets' 0.5 B count as small)."""
+    return min(CONTROLNET_PARAMS, key=lambda k: abs(math.log(max(params, 1) / CONTROLNET_PARAMS[k])))
 
 
 def validate_settings(s: Settings) -> Settings:

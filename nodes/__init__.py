@@ -12,6 +12,7 @@ from .memory import MemoryPreset, MemoryReport
 from .noise import ViewNoise
 from .prompt import GlimpsePrompt, register_prompt_folder
 from .save import SaveViewSet
+from .vae import GlimpseVAEDecode, GlimpseVAEEncode
 from .viewset import LoadViewSet
 
 
@@ -34,4 +35,6 @@ class GlimpseExtension(ComfyExtension):
             ConfidenceBlend,
             ViewConsistency,
             SaveViewSet,
+            GlimpseVAEEncode,
+            GlimpseVAEDecode,
         ]

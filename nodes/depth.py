@@ -17,6 +17,7 @@ import nodes
 from comfy_api.latest import io
 
 from ..glimpse.depth import MODES, align_monocular, depth_hint, merge_depth, with_set_range
+from ..glimpse.presets import CONTROLNET_PARAMS, controlnet_size_of
 from ..glimpse.types import DepthMaps
 from ..glimpse.types import Settings as SettingsValue
 from ..glimpse.viewset import views_without_depth
@@ -114,6 +115,22 @@ def estimate_inverse_depth(name: str, images: torch.Tensor) -> torch.Tensor:
     return out
 
 
+def check_controlnet_size(control_net, settings: SettingsValue) -> str | None:
+    """A warning when the connected control model is not of the size the settings plan memory for, else None."""
+    model = getattr(control_net, "control_model", None) or getattr(control_net, "t2i_model", None)
+    if model is None:
+        return None
+    params = sum(p.numel() for p in model.parameters())
+    size = controlnet_size_of(params)
+    if size == settings.controlnet_size:
+        return None
+    planned = CONTROLNET_PARAMS[settings.controlnet_size]
+    return (f"DepthControlNet: preset {settings.preset} plans memory for a {settings.controlnet_size} depth ControlNet "
+            f"({planned / 1e9:.2f} B parameters) but the connected one has {params / 1e9:.2f} B ({size}): the memory "
+            f"estimate is off by about {(params - planned) * 2 / 2**30:+.1f} GiB in fp16. Load the "
+            f"{settings.controlnet_size} ControlNet, or pick a preset (or custom controlnet_size) of {size}.")
+
+
 def _views(indices: list[int]) -> str:
     return ", ".join(f"view_{i:02d}" for i in indices)
 
@@ -163,7 +180,8 @@ class DepthControlNet(io.ComfyNode):
                 io.Vae.Input("vae", optional=True, tooltip="Passed to the ControlNet for models that need it."),
                 Settings.Input("settings", optional=True,
                                tooltip="GLIMPSE_SETTINGS from MemoryPreset: when connected, its controlnet_strength "
-                                       "is the strength."),
+                                       "is the strength, and a control model of another size than its "
+                                       "controlnet_size (the one its memory plan counts) is reported in the log."),
                 io.Combo.Input("depth_estimator", options=[NO_ESTIMATOR, *estimator_names()], default=NO_ESTIMATOR,
                                optional=True,
                                tooltip="A transformers depth model folder in models/depth_estimators (safetensors + "
@@ -184,6 +202,9 @@ class DepthControlNet(io.ComfyNode):
                 settings: SettingsValue | None = None, depth_estimator: str = NO_ESTIMATOR) -> io.NodeOutput:
         if settings is not None:
             strength = settings.controlnet_strength
+            mismatch = check_controlnet_size(control_net, settings)
+            if mismatch:
+                log.warning(mismatch)
         depth_estimator = depth_estimator or NO_ESTIMATOR
         if strength == 0:  # no control: no estimator run; the preview shows the renderer depth if there is any
             if depth is not None and bool(depth.valid.any()):

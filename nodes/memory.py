@@ -97,14 +97,17 @@ class MemoryPreset(io.ComfyNode):
                 io.Int.Input("views_per_chunk", default=c.views_per_chunk, min=1, max=64,
                              tooltip="Views sampled together in one batch (memory grows linearly)." + custom),
                 io.Boolean.Input("tiled_vae", default=c.tiled_vae,
-                                 tooltip="Encode/decode in tiles (much lower VAE peak, small seams risk)." + custom),
+                                 tooltip="VAE Encode/Decode (Glimpse) run one tiled pass (blended overlaps) instead "
+                                         "of one untiled pass: a much lower VAE peak, a little more work." + custom),
                 io.Int.Input("vae_tile_size", default=c.vae_tile_size, min=128, max=4096, step=32,
-                             tooltip="VAE tile size in pixels when tiled." + custom),
+                             tooltip="Largest VAE tile side in pixels when tiled (tiles are split evenly)." + custom),
                 io.Combo.Input("unet_dtype", options=list(UNET_DTYPES), default=c.unet_dtype,
                                tooltip="UNet weight storage: default (fp16) or fp8 (half the UNet memory, slight "
                                        "quality loss; computed in fp16)." + custom),
                 io.Combo.Input("controlnet_size", options=list(CONTROLNET_SIZES), default=c.controlnet_size,
-                               tooltip="Recommended depth ControlNet: full (2.3 GiB) or small (0.3 GiB)." + custom),
+                               tooltip="The depth ControlNet the memory plan counts: full (2.3 GiB) or small "
+                                       "(0.3 GiB); Depth ControlNet reports a connected one of the other size."
+                                       + custom),
                 io.Combo.Input("cross_view", options=list(CROSS_VIEW_MODES), default=c.cross_view,
                                tooltip="Cross-View Attention's mode: off (views sampled independently), extended "
                                        "(attention over the anchors' whole images) or correspondence (only near "

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from glimpse.presets import PRESETS
+from glimpse.vae import FP16_SAFE_VAE
 from glimpse.workflow_format import api_to_canvas, canvas_to_api
 
 REPO = Path(__file__).resolve().parents[1]
@@ -53,6 +54,8 @@ MODEL_FILES = {
     CN_FULL: ("controlnet", f"{HF}/diffusers/controlnet-depth-sdxl-1.0/resolve/main/"
                             "diffusion_pytorch_model.fp16.safetensors",
               "download `diffusion_pytorch_model.fp16.safetensors` and rename it"),
+    FP16_SAFE_VAE: ("vae", f"{HF}/madebyollin/sdxl-vae-fp16-fix/resolve/main/sdxl_vae.safetensors",
+                   "download `sdxl_vae.safetensors` and rename it (stabilityai's file of that name overflows in fp16)"),
 }
 
 
@@ -64,13 +67,15 @@ class Variant:
     lightning_file: str  # "<folder>/<file>" as LightningLoader lists it
     controlnet: str
     summary: str
+    vae: str | None = None  # a file in models/vae (core VAELoader); None: the checkpoint's VAE
 
 
 WORKFLOWS = (
     Variant("glimpse_enhance_t4", "Glimpse Enhance: T4 (default)", "t4_balanced",
             "loras/sdxl_lightning_4step_lora.safetensors", CN_SMALL,
-            "4-step Lightning LoRA on SDXL base, small depth ControlNet, tiled VAE, one view per chunk at 1024 px: "
-            "fits a 16 GB T4 (planned under 10 GiB)."),
+            "4-step Lightning LoRA on SDXL base, small depth ControlNet, the fp16-safe SDXL VAE (fp16 on cards "
+            "without bf16) in one tiled pass, one view per chunk at 1024 px: fits a 16 GB T4 (planned under 10 GiB).",
+            FP16_SAFE_VAE),
     Variant("glimpse_enhance_speed", "Glimpse Enhance: speed", "speed",
             "loras/sdxl_lightning_2step_lora.safetensors", CN_SMALL,
             "2-step Lightning LoRA at strength 0.5, small depth ControlNet, 768 px, four views per chunk, untiled "
@@ -90,7 +95,10 @@ def _link(node: int, slot: int) -> list:
 def api_graph(v: Variant) -> dict:
     """The API-format graph of one variant (ids are the LAYOUT's)."""
     s = PRESETS[v.preset]
-    vae_tiles = {"tile_size": s.vae_tile_size, "overlap": 64, "temporal_size": 64, "temporal_overlap": 8}
+    vae = _link(18, 0) if v.vae else _link(3, 2)
+    # the settings decide the pass; the widgets show the same values, and fp16 only for an fp16-safe VAE file
+    vae_pass = {"vae": vae, "settings": _link(1, 0), "tiled": s.tiled_vae, "tile_size": s.vae_tile_size,
+                "fp16": "auto" if v.vae else "never"}
     nodes = {
         # The named preset's own values also fill the custom fields (they start from it when switched to custom), and
         # the widgets that settings override, so that what the canvas shows is what runs.
@@ -113,15 +121,13 @@ def api_graph(v: Variant) -> dict:
                                 "normalisation": "shared_inverse", "depth": _link(2, 2), "images": _link(2, 0),
                                 "mask": _link(2, 1), "vae": _link(3, 2), "settings": _link(1, 0),
                                 "depth_estimator": "none"}),
-        7: (("VAEEncodeTiled", {"pixels": _link(2, 0), "vae": _link(3, 2), **vae_tiles}) if s.tiled_vae
-            else ("VAEEncode", {"pixels": _link(2, 0), "vae": _link(3, 2)})),
+        7: ("GlimpseVAEEncode", {"pixels": _link(2, 0), **vae_pass}),
         8: ("GlimpseViewNoise", {"noise_seed": SEED, "cameras": _link(2, 3)}),
         9: ("CFGGuider", {"model": _link(20, 0), "positive": _link(6, 0), "negative": _link(6, 1), "cfg": 1.0}),
         10: ("KSamplerSelect", {"sampler_name": "euler"}),
         11: ("SamplerCustomAdvanced", {"noise": _link(8, 0), "guider": _link(9, 0), "sampler": _link(10, 0),
                                        "sigmas": _link(3, 3), "latent_image": _link(7, 0)}),
-        12: (("VAEDecodeTiled", {"samples": _link(11, 0), "vae": _link(3, 2), **vae_tiles}) if s.tiled_vae
-             else ("VAEDecode", {"samples": _link(11, 0), "vae": _link(3, 2)})),
+        12: ("GlimpseVAEDecode", {"samples": _link(11, 0), **vae_pass}),
         13: ("ConfidenceBlend", {"original": _link(2, 0), "enhanced": _link(12, 0), "mask": _link(2, 1),
                                  "depth": _link(2, 2), "cameras": _link(2, 3), "threshold": 0.6, "feather_radius": 8,
                                  "opacity_weight": 1.0, "edge_weight": 1.0, "grazing_weight": 1.0,
@@ -138,6 +144,8 @@ def api_graph(v: Variant) -> dict:
                                            "mode": s.cross_view, "weight": 0.5, "neighbours": s.anchor_neighbours,
                                            "window": 1, "record_device": "auto", "settings": _link(1, 0)}),
     }
+    if v.vae:
+        nodes[18] = ("VAELoader", {"vae_name": v.vae})
     titles = {16: "Depth hint (near = bright)", 17: "Confidence (green = enhanced, red = kept)"}
     return {str(k): {"inputs": inputs, "class_type": cls, **({"_meta": {"title": titles[k]}} if k in titles else {})}
             for k, (cls, inputs) in nodes.items()}
@@ -162,7 +170,7 @@ def with_titles(api: dict, object_info: dict) -> dict:
 COLUMNS = {"a": 0, "b": 400, "c": 800, "d": 1260, "e": 1640, "f": 2020}
 POSITIONS = {  # node id -> (column, y); y leaves each node's height (default_size) plus its 30 px title bar free
     1: ("a", 0), 2: ("a", 420),
-    3: ("b", 0), 4: ("b", 300), 20: ("b", 430),
+    3: ("b", 0), 4: ("b", 300), 18: ("b", 400), 20: ("b", 500),
     5: ("c", 0), 6: ("c", 340),
     8: ("d", 0), 10: ("d", 130), 9: ("d", 240), 7: ("d", 400), 11: ("e", 0), 12: ("e", 180), 16: ("e", 400),
     13: ("f", 0), 14: ("f", 310), 15: ("f", 470), 17: ("f", 760),
@@ -171,7 +179,7 @@ WIDTHS = {1: 330, 2: 330, 3: 340, 4: 340, 20: 340, 5: 400, 6: 400, 13: 340, 14: 
 SIZES = {16: [300, 300], 17: [340, 300]}  # image previews
 GROUPS = (
     ("1  Settings and view set", (1, 2), "#3f789e"),
-    ("2  Models, cross-view attention", (3, 4, 20), "#8A8"),
+    ("2  Models, cross-view attention", (3, 4, 18, 20), "#8A8"),
     ("3  Prompt and depth control", (5, 6), "#88A"),
     ("4  Lightning img2img (each view's noise from one seed)", (8, 10, 9, 7, 11, 12, 16), "#b58b2a"),
     ("5  Blend, score, save", (13, 14, 15, 17), "#a1309b"),
@@ -179,7 +187,7 @@ GROUPS = (
 
 
 def _models_note(v: Variant) -> str:
-    files = [SDXL_BASE, v.lightning_file.split("/", 1)[1], v.controlnet]
+    files = [SDXL_BASE, v.lightning_file.split("/", 1)[1], v.controlnet] + ([v.vae] if v.vae else [])
     rows = []
     for f in files:
         folder, url, how = MODEL_FILES[f]
@@ -188,8 +196,10 @@ def _models_note(v: Variant) -> str:
     return ("## Model files for this workflow\n\n| file | folder | source |\n|---|---|---|\n" + "\n".join(rows) +
             f"\n\n```\nComfyUI/models/\n{tree}\n```\n\n"
             "Sources: SDXL base 1.0 (stabilityai, CreativeML Open RAIL++-M), SDXL-Lightning (ByteDance, "
-            "openrail++), depth ControlNets (diffusers, openrail++). Keep the file names exactly as here: the "
-            "headless runner and these workflows look them up by name.\n\n"
+            "openrail++), depth ControlNets (diffusers, openrail++)"
+            + (", SDXL-VAE-FP16-Fix (madebyollin, MIT)" if v.vae else "")
+            + ". Keep the file names exactly as here: the headless runner and these workflows look them up by name."
+            "\n\n"
             "**View sets without depth files**: put Depth-Anything-V2-Small-hf "
             f"([{HF}/depth-anything/Depth-Anything-V2-Small-hf]({HF}/depth-anything/Depth-Anything-V2-Small-hf): "
             "`model.safetensors`, `config.json`, `preprocessor_config.json`) into "
@@ -212,6 +222,10 @@ def _usage_note(v: Variant) -> str:
             "together, and every other view attends to its 2 nearest anchors at each self-attention layer and step "
             "(mode and anchors from the preset). **View Noise** draws each view's noise from the seed and the "
             "view's index, so a view comes out the same in any chunk.\n\n"
+            "**VAE Encode / Decode (Glimpse)** run the pass the preset names: one untiled pass, or with `tiled_vae` "
+            "one tiled pass (tiles of at most `vae_tile_size` px, split evenly, blended over 64 px)."
+            + (f" The VAE is `{v.vae}` (Load VAE), run in fp16 on cards without bf16 such as the T4; a view that "
+               "overflows is done again in fp32 and the log says so." if v.vae else "") + "\n\n"
             "Headless, the same graph (its API twin in `workflows/api/`): `glimpse-enhance run VIEWSET --out OUT "
             f"--workflow {v.name.removeprefix('glimpse_enhance_')}`.")
 

@@ -26,6 +26,8 @@ CN_FULL = "controlnet-depth-sdxl-1.0.safetensors"
 CN_SMALL = "controlnet-depth-sdxl-1.0-small.safetensors"
 T2I = "t2i-adapter-depth-midas-sdxl-1.0.safetensors"
 CN_UNION = "controlnet-union-sdxl-1.0_promax.safetensors"
+VAE_FP16_FIX = "sdxl_vae_fp16_fix.safetensors"
+VAE_OVERFLOW = "sdxl_vae_fp16_overflow.safetensors"
 # (a real `clip missing` is a warning, which the harness catches; at debug level ComfyUI lists only CLIP-L's
 # logit_scale and text_projection, which SDXL checkpoints never carry)
 DEBUG_PROBLEMS = ("left over keys", "Leftover VAE keys", "clip unexpected", "unexpected controlnet keys",
@@ -118,6 +120,7 @@ def test_file_names_are_the_official_ones(comfy, fixture_size):
     assert set(LORAS) <= set(fp.get_filename_list("loras"))
     assert set(UNETS) <= set(fp.get_filename_list("diffusion_models"))
     assert {CN_FULL, CN_SMALL, T2I, CN_UNION} <= set(fp.get_filename_list("controlnet"))
+    assert {VAE_FP16_FIX, VAE_OVERFLOW} <= set(fp.get_filename_list("vae"))
 
 
 def test_vega_checkpoint_loads_every_key_as_segmind_vega(comfy, sdxl):
@@ -186,6 +189,23 @@ def test_control_models_load_every_key_and_change_the_sample(comfy, sdxl, name, 
     comfy.free()  # the full ControlNet alone is 5 GiB in fp32
     print(f"{name}: relative change of the 1-step latent {change:.3g}")
     assert change > 1e-3, f"{name} has no visible effect on the sample"
+
+
+@pytest.mark.parametrize("name", [VAE_FP16_FIX, VAE_OVERFLOW])
+def test_standalone_vae_loads_every_key_in_its_file_dtype(comfy, fixture_size, name):
+    if fixture_size != "vega":
+        pytest.skip("vega set")
+    path = comfy.folder_paths.get_full_path_or_raise("vae", name)
+    with safe_open(path, "pt") as f:
+        keys = list(f.keys())
+        dtypes = {f.get_slice(k).get_dtype() for k in keys}
+    assert dtypes == {"F32"} and "decoder.mid.attn_1.q.weight" in keys and "post_quant_conv.weight" in keys
+    with debug_log() as lines:
+        (vae,) = comfy.run("VAELoader", vae_name=name)
+    assert load_problems(lines) == []
+    assert set(vae.get_sd()) == set(keys), "ComfyUI's VAE has exactly the file's keys"
+    (latent,) = comfy.run("VAEEncode", pixels=torch.rand(1, 64, 64, 3), vae=vae)
+    assert latent["samples"].shape == (1, 4, 8, 8)
 
 
 def test_small_controlnet_is_detected_as_small_layout(comfy, fixture_size):

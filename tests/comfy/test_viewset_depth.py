@@ -234,3 +234,21 @@ def test_bad_path_is_rejected_by_the_server_before_running(comfy_server, tmp_pat
     prompt["1"]["inputs"]["path"] = str(SAMPLE)
     entry = comfy_server.queue(prompt)
     assert len(entry["outputs"]["2"]["images"]) == 16  # PreviewImage ran once per chunk of 4
+
+
+@pytest.mark.parametrize("kind,warned", [("full", True), ("small", False), ("t2i-adapter", False)])
+def test_depth_controlnet_reports_a_control_model_of_another_size_than_the_settings(comfy, vega, viewset, kind,
+                                                                                   warned, caplog):
+    from glimpse.presets import PRESETS
+
+    (cnet,) = comfy.run("ControlNetLoader", control_net_name=CONTROLNETS[kind])
+    settings = PRESETS["t4_balanced"]  # plans memory for the small ControlNet
+    with caplog.at_level("WARNING"):
+        comfy.run("DepthControlNet", positive=vega.pos, negative=vega.neg, control_net=cnet,
+                  depth=viewset.depth.select(slice(2)), settings=settings)
+    lines = [r.getMessage() for r in caplog.records if "plans memory for a small depth ControlNet" in r.getMessage()]
+    assert bool(lines) == warned, lines
+    if warned:
+        assert "1.25 B (full)" in lines[0] and "+2.0 GiB" in lines[0]
+    del cnet
+    comfy.free()

@@ -33,7 +33,7 @@ FOX = REPO / "samples" / "fox"
 NAMES = ("glimpse_enhance_t4", "glimpse_enhance_speed", "glimpse_enhance_quality")
 UPDATE = os.environ.get("GLIMPSE_UPDATE_SCREENSHOTS") == "1"  # also write docs/fox_t4_strip.png
 MODEL_INPUTS = {("LightningLoader", "ckpt_name"), ("LightningLoader", "lightning_file"),
-                ("ControlNetLoader", "control_net_name")}
+                ("ControlNetLoader", "control_net_name"), ("VAELoader", "vae_name")}
 
 
 def load_tool():
@@ -162,11 +162,41 @@ def test_api_twin_runs_end_to_end(name, comfy_server):
     assert len(list(folder.glob("view_*.png"))) == count
     manifest = json.loads((folder / "manifest.json").read_text())
     assert manifest, "SaveViewSet wrote a manifest"
+    assert_vae_passes(history, twin(name), 128)
     listed = {it["filename"] for out in history["outputs"].values() for it in out.get("images", [])
               if it.get("type") == "output"}
     assert {f"view_{i:02d}.png" for i in expected} <= listed, "the runner collects outputs from /history"
     if UPDATE and name == "glimpse_enhance_t4":
         write_strip(folder, REPO / "docs" / "fox_t4_strip.png")
+
+
+def assert_vae_passes(history: dict, api: dict, size: int) -> None:
+    """The graph ran our VAE nodes, never core's three-pass tiled ones, and each chunk's pass is the one the memory
+    plan of the graph's settings names (glimpse.vae.plan_for: what estimate_memory budgets)."""
+    from glimpse.presets import preset_settings
+    from glimpse.vae import plan_for
+
+    classes = {n["class_type"] for n in api.values()}
+    assert not classes & {"VAEEncodeTiled", "VAEDecodeTiled", "VAEEncode", "VAEDecode"}
+    preset = next(n["inputs"] for n in api.values() if n["class_type"] == "MemoryPreset")
+    fields = {k: preset[k] for k in ("tiled_vae", "vae_tile_size")}
+    plan = plan_for(preset_settings(preset["preset"], **fields), size, size)
+    for nid, cls in (("7", "GlimpseVAEEncode"), ("12", "GlimpseVAEDecode")):
+        assert api[nid]["class_type"] == cls
+        texts = history["outputs"][nid]["text"]
+        assert texts and all(t.startswith(plan.describe()) for t in texts), (nid, texts, plan.describe())
+
+
+def test_t4_twin_runs_one_tiled_vae_pass(comfy_server):
+    """The t4 preset's tiled VAE at a size where it tiles: its 544 px tiles give 2x2 at 1024 px; 160 px tiles give
+    2x2 at 256 px here (MemoryPreset custom with the t4 values otherwise)."""
+    api = small(twin("glimpse_enhance_t4"), "3,11", "workflow_test/t4_tiled", resolution=256)
+    preset = next(n["inputs"] for n in api.values() if n["class_type"] == "MemoryPreset")
+    preset.update(preset="custom", vae_tile_size=160)
+    history = comfy_server.queue(api, timeout=1500)
+    assert history["status"]["status_str"] == "success"
+    assert_vae_passes(history, api, 256)
+    assert all("2x2 tiles of 160x160 px" in t for t in history["outputs"]["12"]["text"])
 
 
 def crop_box(views) -> tuple[float, float, float, float]:

@@ -219,3 +219,14 @@ def test_bad_inputs():
         confidence_blend(torch.rand(2, SIZE, SIZE, 3), torch.rand(2, 32, 32, 3), torch.ones(2, SIZE, SIZE), depth, cams)
     with pytest.raises(ValueError, match="mask is"):
         confidence_blend(torch.rand(2, SIZE, SIZE, 3), torch.rand(2, SIZE, SIZE, 3), torch.ones(2, 32, 32), depth, cams)
+
+
+@pytest.mark.parametrize("shape,size", [((3, 64, 48), (32, 24)), ((2, 60, 90), (20, 30)), ((2, 50, 70), (32, 24)),
+                                        ((1, 8, 8), (8, 8))])
+def test_min_pool_is_the_minimum_of_each_cell(shape, size):
+    from glimpse.confidence import min_pool
+
+    x = torch.rand(shape)
+    expected = -F.adaptive_max_pool2d(-x[:, None], size)[:, 0]
+    out = min_pool(x, size)
+    assert out.shape == (shape[0], *size) and out.is_contiguous() and torch.equal(out, expected)
