@@ -92,7 +92,8 @@ def settings_of(workflow: dict, config: str):
         return preset_settings(CONFIGS[config])
     inputs = workflow[ids[0]]["inputs"]
     fields = {k: inputs[k] for k in ("steps", "strength", "controlnet_strength", "resolution", "views_per_chunk",
-                                     "tiled_vae", "vae_tile_size", "unet_dtype", "controlnet_size") if k in inputs}
+                                     "tiled_vae", "vae_tile_size", "unet_dtype", "controlnet_size", "cross_view",
+                                     "anchor_count", "anchor_neighbours") if k in inputs}
     if "steps" in fields:
         fields["steps"] = int(fields["steps"])
     return preset_settings(inputs.get("preset", CONFIGS[config]), **fields)

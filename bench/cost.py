@@ -53,6 +53,7 @@ from glimpse.presets import GIB, PRESETS, estimate_memory
 from glimpse.vae import plan_for, plan_vae
 
 from .common import CONFIGS, load_workflow, nodes_of, settings_of, write_json
+from .crossview_cost import record_bytes_per_view_step, step_work
 from .work import Work, WorkCounter
 
 EFF_TC_MODEL = 0.55
@@ -60,6 +61,7 @@ EFF_TC_VAE = 0.135
 EFF_SIMT = 0.7
 EFF_MEMORY = 0.8
 HOST_S_PER_OP = 23e-6
+CONFIG_VIEWS = 16  # views of a set (SyncDreamer's): the anchor pass's record is written once per set
 T4_BUDGET_GIB = 10.0  # issue 12's target for the t4 workflow (15 GiB cards: everything resident, room to spare)
 
 
@@ -176,7 +178,22 @@ def view_calls(config: str, resolution: int, size: str, side: str, chunk: int = 
     plan = plan_for(s, resolution, resolution) if side == "ours" else plan_vae(False, 0, resolution, resolution)
     phases["vae_encode"] = [(c, 1.0) for c in vae_calls(plan, False, vae_dtype)]
     phases["vae_decode"] = [(c, 1.0) for c in vae_calls(plan, True, vae_dtype)]
+    if side == "ours" and s.cross_view != "off":
+        phases["cross_view"] = [(cross_view_call(s.cross_view, s.anchor_neighbours, resolution,
+                                                 cross_view_window(workflow)), k)]
     return phases
+
+
+def cross_view_window(workflow: dict) -> int:
+    ids = nodes_of(workflow, "GlimpseCrossViewAttention")
+    return int(workflow[ids[0]]["inputs"].get("window", 0)) if ids else 0
+
+
+@lru_cache(maxsize=None)
+def cross_view_call(mode: str, neighbours: int, resolution: int, window: int) -> Call:
+    """What cross-view attention adds to one view's UNet step, as one fp16 call (bench/crossview_cost.py)."""
+    work, ops = step_work(mode, neighbours, resolution, window)
+    return Call("unet", work, ops, "fp16")
 
 
 def phase_work(phases: dict) -> dict[str, Work]:
@@ -244,6 +261,11 @@ def predict(card_key: str, config: str, resolution: int, side: str = "ours", chu
         over = max(0.0, plan.peak - card.memory_gib * GIB)
         moved = over * sum(n for _, n in phases["unet"])  # what does not fit streams in every step (partial load)
         seconds["weights_streamed"] = moved / (card.pcie * 1e9 * EFF_MEMORY)
+        if "cross_view" in phases and not plan.record_on_gpu:  # the anchors' record crosses the host link
+            s = settings_of(load_workflow(config)[0], config)
+            record = record_bytes_per_view_step(s.anchor_neighbours, s.anchor_count, CONFIG_VIEWS, resolution)
+            seconds["cross_view_record"] = record * sum(n for _, n in phases["cross_view"]) / (
+                card.pcie * 1e9 * EFF_MEMORY)
         seconds["ours"] = host_s_per_view
         out.update(peak_gib=plan.peak / GIB, peak_phase=plan.peak_phase, fits=plan.peak <= card.memory_gib * GIB)
     out["weights_moved_gib_per_view"] = moved / GIB

@@ -89,10 +89,11 @@ class CrossViewAttention(io.ComfyNode):
                              tooltip="How many of the nearest anchors (by viewing direction) each view attends to; "
                                      "each adds one attention (extended) or one local lookup (correspondence) per "
                                      "layer and step. Ignored when settings are connected."),
-                io.Int.Input("window", default=1, min=0, max=4,
+                io.Int.Input("window", default=0, min=0, max=2,
                              tooltip="Correspondence mode: the anchor tokens within this many tokens of the "
-                                     "reprojected point are attended to (1 = 3x3). Larger tolerates depth error, "
-                                     "smaller is sharper."),
+                                     "reprojected point are attended to. 0: the one token the point falls in (a "
+                                     "gather, cheapest, sharpest); 1: the 3x3 around it, which tolerates depth error "
+                                     "of up to a token (16-32 px at 1024 px) but costs about 9x the kernels."),
                 io.Combo.Input("record_device", options=list(RECORD_DEVICES), default="auto",
                                tooltip="Where the anchors' record lives (about 210 MB per anchor and executed step "
                                        "at 1024 px in fp16). auto: on the GPU when the connected preset's memory "

@@ -102,18 +102,19 @@ class CrossViewPatch:
         t = q.shape[1]
         m = k.shape[1] // t - 1
         own_k, own_v = k[:, :t], v[:, :t]
+        own = attention(q, own_k, own_v, heads)
         refs = [(k[:, t * (j + 1):t * (j + 2)], v[:, t * (j + 1):t * (j + 2)]) for j in range(m)]
         rows_extended = p.extended_rows.repeat(q.shape[0] // len(p.views)).to(q.device)
         if p.mode == "extended" or bool(rows_extended.all()):
-            return mixing.extended(q, own_k, own_v, refs, heads, p.weight, attention)
+            return mixing.extended(own, q, refs, heads, p.weight, attention)
         grid = tuple(extra_options["activations_shape"][-2:])
         ref_index, ref_mask, own_index, own_mask = self._windows_at(grid, q.shape[0], q.device)
         out = mixing.correspondence(
-            q, own_k, own_v, [(kj, vj, ref_index[:, j], ref_mask[:, j]) for j, (kj, vj) in enumerate(refs)],
-            (own_index, own_mask), heads, p.weight, attention)
+            own, q, own_k, own_v, [(kj, vj, ref_index[:, j], ref_mask[:, j]) for j, (kj, vj) in enumerate(refs)],
+            (own_index, own_mask), heads, p.weight)
         if bool(rows_extended.any()):
-            ext = mixing.extended(q, own_k, own_v, refs, heads, p.weight, attention)
-            out = torch.where(rows_extended[:, None, None], ext, out)
+            out = torch.where(rows_extended[:, None, None], mixing.extended(own, q, refs, heads, p.weight, attention),
+                              out)
         return out
 
     def _windows_at(self, grid: tuple[int, int], rows: int, device: torch.device):

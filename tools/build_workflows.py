@@ -142,7 +142,7 @@ def api_graph(v: Variant) -> dict:
         17: ("PreviewImage", {"images": _link(13, 2)}),
         20: ("GlimpseCrossViewAttention", {"model": _link(3, 0), "cameras": _link(2, 3), "depth": _link(2, 2),
                                            "mode": s.cross_view, "weight": 0.5, "neighbours": s.anchor_neighbours,
-                                           "window": 1, "record_device": "auto", "settings": _link(1, 0)}),
+                                           "window": 0, "record_device": "auto", "settings": _link(1, 0)}),
     }
     if v.vae:
         nodes[18] = ("VAELoader", {"vae_name": v.vae})

@@ -139,11 +139,11 @@ def _grid_windows(b, grid, radius, centres=None):
 def test_weight_zero_and_identical_anchors_leave_attention_unchanged():
     q, k, v = _qkv()
     own = plain_attention(q, k, v, 4)
-    assert torch.equal(extended(q, k, v, [(k + 1, v - 1)], 4, 0.0, plain_attention), own)
-    assert torch.allclose(extended(q, k, v, [(k, v), (k, v)], 4, 0.7, plain_attention), own, atol=1e-6)
+    assert torch.equal(extended(own, q, [(k + 1, v - 1)], 4, 0.0, plain_attention), own)
+    assert torch.allclose(extended(own, q, [(k, v), (k, v)], 4, 0.7, plain_attention), own, atol=1e-6)
     win = _grid_windows(2, 4, 1)
     refs = [(k, v, *win), (k, v, *win)]
-    assert torch.equal(correspondence(q, k, v, refs, win, 4, 0.8, plain_attention), own)
+    assert torch.equal(correspondence(own, q, k, v, refs, win, 4, 0.8), own)
 
 
 def test_correspondence_changes_only_tokens_with_a_correspondence():
@@ -152,10 +152,10 @@ def test_correspondence_changes_only_tokens_with_a_correspondence():
     centres[5] = 10  # only token 5 sees the anchor, at the anchor's token 10
     ref = (torch.randn_like(k), torch.randn_like(v), *_grid_windows(2, 4, 1, centres))
     own = plain_attention(q, k, v, 4)
-    out = correspondence(q, k, v, [ref], _grid_windows(2, 4, 1), 4, 0.5, plain_attention)
+    out = correspondence(own, q, k, v, [ref], _grid_windows(2, 4, 1), 4, 0.5)
     changed = (out - own).abs().amax(-1) > 1e-6
     assert changed[:, 5].all() and not changed[:, torch.arange(16) != 5].any()
-    ext = extended(q, k, v, [ref[:2]], 4, 0.5, plain_attention)
+    ext = extended(own, q, [ref[:2]], 4, 0.5, plain_attention)
     assert ((ext - own).abs().amax(-1) > 1e-6).all()  # extended reaches every token
 
 
@@ -177,9 +177,10 @@ def test_fp16_mixing_stays_finite_with_large_activations():
     def half_attention(q_, k_, v_, h):
         return plain_attention(q_.float(), k_.float(), v_.float(), h).half()
 
-    out = correspondence(q, k, v, [(k.flip(1), v.flip(1), *win)], win, 8, 0.5, half_attention)
+    own = half_attention(q, k, v, 8)
+    out = correspondence(own, q, k, v, [(k.flip(1), v.flip(1), *win)], win, 8, 0.5)
     assert out.dtype == torch.float16 and bool(torch.isfinite(out).all())
-    assert bool(torch.isfinite(extended(q, k, v, [(k.flip(1), v)], 8, 0.5, half_attention)).all())
+    assert bool(torch.isfinite(extended(own, q, [(k.flip(1), v)], 8, 0.5, half_attention)).all())
 
 
 # -- record, store, validity -----------------------------------------------------------------------------------------
