@@ -5,7 +5,8 @@ from comfy_api.latest import ComfyExtension, io
 
 from .blend import ConfidenceBlend
 from .consistency import ViewConsistency
-from .depth import DepthControlNet, register_depth_estimator_folder
+from .depth import DepthControlNet
+from .depth_estimator import register_depth_estimator_folder
 from .lightning import GlimpseCheckpointLoader, LightningLoader
 from .memory import MemoryPreset, MemoryReport
 from .prompt import GlimpsePrompt, register_prompt_folder
