@@ -1,6 +1,6 @@
 """Pinhole cameras of a view set: reading ``cameras.json``, intrinsics under resize and padding, (un)projection.
 
-Conventions (those of ``../shared/data/syncdreamer_cameras.json``):
+Conventions (those of SyncDreamer's cameras, which ``samples/fox/cameras.json`` holds):
 
 - OpenCV camera axes: x right, y down, z forward; points in front of a camera have z > 0.
 - ``world_to_camera`` is ``[R|t]`` with ``Xc = R @ Xw + t``; ``camera_to_world`` is its 4x4 inverse.
@@ -14,7 +14,7 @@ All batched helpers take a leading view dimension N and compute in the dtype of 
 """
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import fields, replace
 from pathlib import Path
 
 import torch
@@ -106,14 +106,36 @@ def orbit_cameras(n: int, image_size: tuple[int, int] = (256, 256), radius: floa
     return make_cameras(k.expand(n, 3, 3).clone(), torch.cat([r, t], -1), (h, w), az % 360.0, el)
 
 
+def _rows(cameras: Cameras) -> dict[str, torch.Tensor]:
+    """The per-view fields of ``cameras``: every tensor field has one row per view (see :class:`Cameras`)."""
+    return {f.name: v for f in fields(cameras) if isinstance(v := getattr(cameras, f.name), torch.Tensor)}
+
+
 def select_cameras(cameras: Cameras, indices: list[int]) -> Cameras:
     """The cameras of the views at positions ``indices``; ``view_index`` keeps their original indices."""
     idx = torch.as_tensor(list(indices), dtype=torch.int64)
     base = cameras.view_index if cameras.view_index is not None else torch.arange(len(cameras), dtype=torch.int64)
-    order = cameras.anchor_order[idx] if cameras.anchor_order is not None else None
-    return replace(cameras, intrinsics=cameras.intrinsics[idx], world_to_camera=cameras.world_to_camera[idx],
-                   camera_to_world=cameras.camera_to_world[idx], azimuth_deg=cameras.azimuth_deg[idx],
-                   elevation_deg=cameras.elevation_deg[idx], view_index=base[idx], anchor_order=order)
+    return replace(cameras, **{**{k: v[idx] for k, v in _rows(cameras).items()}, "view_index": base[idx]})
+
+
+def cat_cameras(chunks: list[Cameras]) -> Cameras:
+    """The cameras of several chunks of one set as one, in chunk order: the per-view (tensor) fields are
+    concatenated, one that some chunk lacks (None) is dropped; every other field describes the whole set and must be
+    the same in every chunk (ValueError naming the field otherwise)."""
+    if not chunks:
+        raise ValueError("no camera chunks to join")
+    first = chunks[0]
+    joined: dict[str, torch.Tensor | None] = {}
+    for f in fields(first):
+        values = [getattr(c, f.name) for c in chunks]
+        if any(isinstance(v, torch.Tensor) for v in values):
+            joined[f.name] = torch.cat(values) if all(isinstance(v, torch.Tensor) for v in values) else None
+            continue
+        other = next((v for v in values if v != values[0]), values[0])
+        if other != values[0]:
+            raise ValueError(f"camera chunks of different sets: {f.name} is {values[0]!r} in one and {other!r} in "
+                             "another")
+    return replace(first, **joined)
 
 
 def scale_intrinsics(intrinsics: torch.Tensor, from_size: tuple[int, int], to_size: tuple[int, int]) -> torch.Tensor:
@@ -236,7 +258,8 @@ def fov_y_deg(cameras: Cameras) -> torch.Tensor:
 
 
 __all__ = [
-    "angles_from_camera_to_world", "camera_to_world", "depth_to_world", "fov_y_deg", "invert_world_to_camera",
-    "letterbox_cameras", "letterbox_intrinsics", "load_cameras", "make_cameras", "orbit_cameras", "pad_intrinsics",
-    "parse_cameras", "pixel_centres", "project", "scale_intrinsics", "select_cameras", "unproject", "world_to_camera",
+    "angles_from_camera_to_world", "camera_to_world", "cat_cameras", "depth_to_world", "fov_y_deg",
+    "invert_world_to_camera", "letterbox_cameras", "letterbox_intrinsics", "load_cameras", "make_cameras",
+    "orbit_cameras", "pad_intrinsics", "parse_cameras", "pixel_centres", "project", "scale_intrinsics",
+    "select_cameras", "unproject", "world_to_camera",
 ]

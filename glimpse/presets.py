@@ -193,11 +193,12 @@ class MemoryEstimate:
 
 
 def working_size(resolution: int, aspect: float = 1.0) -> tuple[int, int]:
-    """(width, height) with the long side ``resolution`` and the short side rounded to a multiple of 64."""
+    """(height, width) with the long side ``resolution`` and the short side rounded to a multiple of 64; ``aspect``
+    is width / height."""
     if aspect <= 0:
         raise ValueError(f"aspect {aspect} must be positive")
     short = max(64, int(round(resolution / max(aspect, 1 / aspect) / 64)) * 64)
-    return (resolution, short) if aspect >= 1 else (short, resolution)
+    return (short, resolution) if aspect >= 1 else (resolution, short)
 
 
 def unet_weight_bytes(unet_dtype: str) -> int:
@@ -221,7 +222,7 @@ def estimate_memory(s: Settings, aspect: float = 1.0, vae_dtype_bytes: int = 4, 
     ComfyUI offloads them first if the sampler needs room, which is cheap). ``with_controlnet``: a depth ControlNet of
     ``s.controlnet_size`` is part of the graph.
     """
-    w, h = working_size(s.resolution, aspect)
+    h, w = working_size(s.resolution, aspect)
     lat_px = math.ceil(w / LATENT_SCALE) * math.ceil(h / LATENT_SCALE)
     cn = s.controlnet_size if with_controlnet else None
     cross = s.cross_view != "off"

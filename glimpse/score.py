@@ -54,8 +54,8 @@ def load_views(folder: Path, n: int, size: tuple[int, int], canvas: tuple[int, i
     identical to the set's load bit for bit identically), resized to ``size`` (h, w) when they differ and placed at
     ``offset`` (top, left) of the set's canvas. ``spec`` is the set's ViewSetSpec. Errors name the file."""
     import torch
-    import torch.nn.functional as F
 
+    from .resize import resize_to
     from .scan import ViewFiles, ViewSetSpec
     from .view_images import image_header
     from .viewset import load_view_set
@@ -86,9 +86,7 @@ def load_views(folder: Path, n: int, size: tuple[int, int], canvas: tuple[int, i
     loaded = load_view_set(mine, resolution=0, background=BACKGROUND)
     top, left, ch, cw = loaded.content
     rgb = loaded.images[:, top:top + ch, left:left + cw]
-    if (ch, cw) != (h, w):
-        rgb = F.interpolate(rgb.permute(0, 3, 1, 2), size=(h, w), mode="bilinear", antialias=ch > h,
-                            align_corners=False).permute(0, 2, 3, 1).clamp_(0, 1)
+    rgb = resize_to(rgb, (h, w))
     out = torch.tensor(BACKGROUND).view(1, 1, 1, 3).repeat(n, *canvas, 1)
     out[:, offset[0]:offset[0] + h, offset[1]:offset[1] + w] = rgb
     return out

@@ -23,6 +23,19 @@ class DepthMaps:
         """The maps of these views only, keeping the whole set's near/far."""
         return DepthMaps(depth=self.depth[views], valid=self.valid[views], near=self.near, far=self.far)
 
+    @staticmethod
+    def cat(chunks: list[DepthMaps]) -> DepthMaps:
+        """The maps of several chunks as one, in chunk order; the set-wide near/far is kept when every chunk carries
+        the same one (the chunks of one set do), else dropped (None: computed from the joined maps)."""
+        import torch  # here, not at the top: the runner imports this module without torch
+
+        if not chunks:
+            raise ValueError("no depth chunks to join")
+        ranges = {(d.near, d.far) for d in chunks}
+        near, far = ranges.pop() if len(ranges) == 1 else (None, None)
+        return DepthMaps(depth=torch.cat([d.depth for d in chunks]), valid=torch.cat([d.valid for d in chunks]),
+                         near=near, far=far)
+
 
 @dataclass(frozen=True)
 class Cameras:
@@ -30,6 +43,8 @@ class Cameras:
 
     ``intrinsics`` float64 [N,3,3] is for ``image_size`` (height, width); ``world_to_camera`` float64 [N,3,4];
     ``camera_to_world`` float64 [N,4,4]; ``azimuth_deg`` / ``elevation_deg`` float64 [N] (world +z up).
+    Every tensor field has one row per view (``glimpse.cameras.select_cameras`` / ``cat_cameras`` take and join
+    rows); every other field describes the whole set.
     """
 
     intrinsics: torch.Tensor

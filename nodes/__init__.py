@@ -6,7 +6,8 @@ from comfy_api.latest import ComfyExtension, io
 from .blend import ConfidenceBlend
 from .consistency import ViewConsistency
 from .crossview import CrossViewAttention
-from .depth import DepthControlNet, register_depth_estimator_folder
+from .depth import DepthControlNet
+from .depth_estimator import register_depth_estimator_folder
 from .lightning import GlimpseCheckpointLoader, LightningLoader
 from .memory import MemoryPreset, MemoryReport
 from .noise import ViewNoise

@@ -4,24 +4,16 @@ from __future__ import annotations
 import logging
 
 import torch
-import torch.nn.functional as F
 
 from comfy_api.latest import io
 
 from ..glimpse.blend import confidence_blend, confidence_preview
+from ..glimpse.resize import resize_to
 from ..glimpse.types import Cameras as CamerasValue
 from ..glimpse.types import DepthMaps
 from .types import Cameras, Depth
 
 log = logging.getLogger(__name__)
-
-
-def _to_size(x: torch.Tensor, size: tuple[int, int], channels_last: bool) -> torch.Tensor:
-    if tuple(x.shape[1:3]) == size:
-        return x
-    t = x.movedim(-1, 1) if channels_last else x[:, None]
-    t = F.interpolate(t.float(), size=size, mode="bilinear", antialias=t.shape[-2] > size[0], align_corners=False)
-    return t.movedim(1, -1).clamp(0, 1) if channels_last else t[:, 0].clamp(0, 1)
 
 
 class ConfidenceBlend(io.ComfyNode):
@@ -88,8 +80,8 @@ class ConfidenceBlend(io.ComfyNode):
         if tuple(original.shape[1:3]) != size:
             log.info("ConfidenceBlend: resizing original %dx%d and mask to the enhanced %dx%d", original.shape[2],
                      original.shape[1], size[1], size[0])
-        original = _to_size(original, size, True)
-        mask = _to_size(mask, size, False)
+        original = resize_to(original, size)
+        mask = resize_to(mask, size)
         no_depth = [i for i in range(n) if not bool(depth.valid[i].any())]
         if no_depth and (edge_weight > 0 or grazing_weight > 0):
             log.warning("ConfidenceBlend: %s have no renderer depth: their original is kept (set edge_weight and "

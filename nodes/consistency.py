@@ -4,22 +4,15 @@ from __future__ import annotations
 import json
 
 import torch
-import torch.nn.functional as F
 
 from comfy_api.latest import io, ui
 
+from ..glimpse.cameras import cat_cameras, select_cameras
 from ..glimpse.consistency import score_views
+from ..glimpse.resize import resize_to
 from ..glimpse.types import Cameras as CamerasValue
 from ..glimpse.types import DepthMaps
 from .types import Cameras, Depth
-
-
-def _resize(x: torch.Tensor | None, size: tuple[int, int], channels_last: bool) -> torch.Tensor | None:
-    if x is None or tuple(x.shape[1:3]) == size:
-        return x
-    t = x.movedim(-1, 1) if channels_last else x[:, None]
-    t = F.interpolate(t.float(), size=size, mode="bilinear", antialias=t.shape[-2] > size[0], align_corners=False)
-    return t.movedim(1, -1) if channels_last else t[:, 0]
 
 
 def _fmt(x, digits: int = 2) -> str:
@@ -55,37 +48,13 @@ def _items(x) -> list:
     return [x]
 
 
-def _cat_cameras(chunks: list[CamerasValue]) -> CamerasValue:
-    sizes = {c.image_size for c in chunks}
-    if len(sizes) > 1:
-        raise ValueError(f"ViewConsistency: camera chunks are for different image sizes {sorted(sizes)}")
-    have_index = all(c.view_index is not None for c in chunks)
-    return CamerasValue(
-        intrinsics=torch.cat([c.intrinsics for c in chunks]),
-        world_to_camera=torch.cat([c.world_to_camera for c in chunks]),
-        camera_to_world=torch.cat([c.camera_to_world for c in chunks]),
-        azimuth_deg=torch.cat([c.azimuth_deg for c in chunks]),
-        elevation_deg=torch.cat([c.elevation_deg for c in chunks]),
-        image_size=chunks[0].image_size,
-        view_index=torch.cat([c.view_index for c in chunks]) if have_index else None,
-    )
-
-
-def _cat_depth(chunks: list[DepthMaps]) -> DepthMaps:
-    return DepthMaps(depth=torch.cat([d.depth for d in chunks]), valid=torch.cat([d.valid for d in chunks]),
-                     near=chunks[0].near, far=chunks[0].far)
-
-
 def _take(x, order: torch.Tensor):
     if x is None:
         return None
     if isinstance(x, DepthMaps):
         return x.select(order)
     if isinstance(x, CamerasValue):
-        return CamerasValue(intrinsics=x.intrinsics[order], world_to_camera=x.world_to_camera[order],
-                            camera_to_world=x.camera_to_world[order], azimuth_deg=x.azimuth_deg[order],
-                            elevation_deg=x.elevation_deg[order], image_size=x.image_size,
-                            view_index=None if x.view_index is None else x.view_index[order])
+        return select_cameras(x, order.tolist())
     return x[order]
 
 
@@ -135,10 +104,13 @@ class ViewConsistency(io.ComfyNode):
         n = all_views.shape[0]
         masks = _items(mask)
         refs = _items(reference)
-        all_mask = torch.cat([_resize(m if m.dim() == 3 else m[None], size, False) for m in masks]) if masks else None
-        all_ref = torch.cat([_resize(r, size, True) for r in refs]) if refs else None
-        all_depth = _cat_depth(_items(depth)) if _items(depth) else None
-        all_cams = _cat_cameras(_items(cameras)) if _items(cameras) else None
+        all_mask = torch.cat([resize_to(m if m.dim() == 3 else m[None], size) for m in masks]) if masks else None
+        all_ref = torch.cat([resize_to(r, size) for r in refs]) if refs else None
+        all_depth = DepthMaps.cat(_items(depth)) if _items(depth) else None
+        try:
+            all_cams = cat_cameras(_items(cameras)) if _items(cameras) else None
+        except ValueError as e:
+            raise ValueError(f"ViewConsistency: {e}") from e
         for what, count in (("mask", None if all_mask is None else all_mask.shape[0]),
                             ("reference", None if all_ref is None else all_ref.shape[0]),
                             ("depth", None if all_depth is None else all_depth.depth.shape[0]),

@@ -1,18 +1,11 @@
 """DepthControlNet: renderer depth (or monocular depth made consistent across views) as one depth hint for the set."""
 from __future__ import annotations
 
-import json
 import logging
-import os
 from dataclasses import replace
-from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
-import comfy.model_management
-import comfy.utils
-import folder_paths
 import nodes
 from comfy_api.latest import io
 
@@ -21,98 +14,10 @@ from ..glimpse.presets import CONTROLNET_PARAMS, controlnet_size_of
 from ..glimpse.types import DepthMaps
 from ..glimpse.types import Settings as SettingsValue
 from ..glimpse.viewset import views_without_depth
+from .depth_estimator import ESTIMATOR_FOLDER, NO_ESTIMATOR, estimate_inverse_depth, estimator_dir, estimator_names
 from .types import Depth, Settings
 
 log = logging.getLogger(__name__)
-
-ESTIMATOR_FOLDER = "depth_estimators"
-NO_ESTIMATOR = "none"
-ESTIMATOR_BATCH = 4
-
-
-def register_depth_estimator_folder() -> None:
-    """Register ``models/depth_estimators`` with folder_paths: one sub-folder per estimator, holding a transformers
-    depth model as ``*.safetensors`` + ``config.json`` (+ optional ``preprocessor_config.json``)."""
-    folder_paths.add_model_folder_path(ESTIMATOR_FOLDER, os.path.join(folder_paths.models_dir, ESTIMATOR_FOLDER))
-
-
-def estimator_names() -> list[str]:
-    """Sub-folders of the depth_estimators folders that hold a safetensors model and a config.json."""
-    if ESTIMATOR_FOLDER not in folder_paths.folder_names_and_paths:
-        return []
-    names = set()
-    for f in folder_paths.get_filename_list(ESTIMATOR_FOLDER):
-        parent = os.path.dirname(f)
-        if f.endswith(".safetensors") and parent and _estimator_dir(parent) is not None:
-            names.add(parent.replace(os.sep, "/"))
-    return sorted(names)
-
-
-def _estimator_dir(name: str) -> Path | None:
-    for base in folder_paths.get_folder_paths(ESTIMATOR_FOLDER):
-        d = Path(base) / name
-        if (d / "config.json").is_file() and any(d.glob("*.safetensors")):
-            return d
-    return None
-
-
-_CACHE: dict = {}
-
-
-def _load_estimator(name: str):
-    """(model, preprocessing dict, relative) for an estimator folder; loaded offline with transformers, cached."""
-    folder = _estimator_dir(name)
-    if folder is None:
-        raise FileNotFoundError(f"depth estimator {name!r}: no folder with config.json and a .safetensors model under "
-                                f"{', '.join(folder_paths.get_folder_paths(ESTIMATOR_FOLDER))}")
-    key = (str(folder), tuple(sorted((p.name, p.stat().st_mtime_ns) for p in folder.iterdir() if p.is_file())))
-    if _CACHE.get("key") == key:
-        return _CACHE["value"]
-    from transformers import AutoModelForDepthEstimation
-
-    model = AutoModelForDepthEstimation.from_pretrained(str(folder), local_files_only=True, use_safetensors=True)
-    model.eval().to(comfy.model_management.unet_offload_device())
-    pre = {"size": {"height": 518, "width": 518}, "ensure_multiple_of": 14, "image_mean": [0.485, 0.456, 0.406],
-           "image_std": [0.229, 0.224, 0.225]}
-    pre_file = folder / "preprocessor_config.json"
-    if pre_file.is_file():
-        pre.update({k: v for k, v in json.loads(pre_file.read_text(encoding="utf-8")).items() if k in pre})
-    relative = getattr(model.config, "depth_estimation_type", "relative") != "metric"
-    _CACHE.clear()
-    _CACHE.update(key=key, value=(model, pre, relative))
-    return model, pre, relative
-
-
-def estimate_inverse_depth(name: str, images: torch.Tensor) -> torch.Tensor:
-    """Relative inverse depth [N,H,W] (near = large) of IMAGE views [N,H,W,3], by the named estimator."""
-    model, pre, relative = _load_estimator(name)
-    n, h, w, _ = images.shape
-    size = pre["size"]
-    th, tw = (size.get("height", 518), size.get("width", 518)) if isinstance(size, dict) else (size, size)
-    m = max(int(pre.get("ensure_multiple_of", 14)), 1)
-    scale = max(th / h, tw / w)  # keep aspect, cover the target size (as DPT's keep_aspect_ratio)
-    ih, iw = max(m, round(h * scale / m) * m), max(m, round(w * scale / m) * m)
-    mean = torch.tensor(pre["image_mean"], dtype=torch.float32).view(1, 3, 1, 1)
-    std = torch.tensor(pre["image_std"], dtype=torch.float32).view(1, 3, 1, 1)
-    device = comfy.model_management.get_torch_device()
-    dtype = next(model.parameters()).dtype
-    out = torch.empty((n, h, w), dtype=torch.float32)
-    bar = comfy.utils.ProgressBar(n)
-    model.to(device)
-    try:
-        for s in range(0, n, ESTIMATOR_BATCH):
-            comfy.model_management.throw_exception_if_processing_interrupted()
-            x = images[s:s + ESTIMATOR_BATCH, ..., :3].movedim(-1, 1).to(torch.float32)
-            x = F.interpolate(x, size=(ih, iw), mode="bicubic", align_corners=False).clamp(0, 1)
-            x = ((x - mean) / std).to(device=device, dtype=dtype)
-            with torch.no_grad():
-                pred = model(pixel_values=x).predicted_depth.float()
-            pred = F.interpolate(pred[:, None], size=(h, w), mode="bilinear", align_corners=False)[:, 0].cpu()
-            out[s:s + ESTIMATOR_BATCH] = pred if relative else 1.0 / pred.clamp_min(1e-6)
-            bar.update(pred.shape[0])
-    finally:
-        model.to(comfy.model_management.unet_offload_device())
-    return out
 
 
 def check_controlnet_size(control_net, settings: SettingsValue) -> str | None:
@@ -239,7 +144,7 @@ class DepthControlNet(io.ComfyNode):
             what = "no depth is connected" if depth is None else f"{_views(need)} have no valid renderer depth"
             raise ValueError(f"DepthControlNet: {what}; connect images and choose a depth_estimator for monocular "
                              "depth, or give those views depth files")
-        if need and _estimator_dir(estimator) is None:
+        if need and estimator_dir(estimator) is None:
             raise FileNotFoundError(f"depth estimator {estimator!r} is not in models/{ESTIMATOR_FOLDER} (found: "
                                     f"{', '.join(estimator_names()) or 'none'})")
         return need

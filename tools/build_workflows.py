@@ -8,7 +8,7 @@
 For every workflow in ``WORKFLOWS`` it writes ``workflows/api/<name>.json`` (the API-format graph the headless runner
 queues, from ``api_graph``) and ``workflows/<name>.json`` (the canvas file users open in ComfyUI), converted from that
 API twin plus ``LAYOUT`` (positions, groups, notes naming every model file, its folder and where to download it) by
-``glimpse.workflow_format.api_to_canvas`` with the server's own node definitions. So the two files of a workflow are
+``tools.workflow_format.api_to_canvas`` with the server's own node definitions. So the two files of a workflow are
 the same graph with the same values by construction, and ``tests/comfy/test_workflows.py`` proves they still are
 (and that the canvas file converts back to exactly its twin) against a real server. Edit the graphs here, never the
 JSON files by hand. The ``.jpg`` thumbnails and docs/ screenshots come from ``tests/comfy/test_browser.py`` run with
@@ -29,7 +29,7 @@ from pathlib import Path
 
 from glimpse.presets import PRESETS
 from glimpse.vae import FP16_SAFE_VAE
-from glimpse.workflow_format import api_to_canvas, canvas_to_api
+from tools.workflow_format import api_to_canvas, canvas_to_api
 
 REPO = Path(__file__).resolve().parents[1]
 WORKFLOW_DIR = REPO / "workflows"

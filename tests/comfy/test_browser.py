@@ -27,7 +27,7 @@ import requests
 from PIL import Image, ImageStat
 
 from glimpse.runner.workflow import load_workflow
-from glimpse.workflow_format import canvas_to_api, is_canvas, node_types
+from tools.workflow_format import canvas_to_api, is_canvas, node_types
 
 pytestmark = pytest.mark.server
 

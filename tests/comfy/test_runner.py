@@ -302,11 +302,9 @@ def set_workflow(url: str, tmp_path: Path, resolution: int = 64) -> Path:
     from glimpse.runner.client import ComfyClient
 
     info = ComfyClient(url).object_info()
-    if "LoadViewSet" not in info or "SaveViewSet" not in info:
-        pytest.skip("LoadViewSet/SaveViewSet are not registered in this checkout yet")
-    if "views" not in {**info["LoadViewSet"]["input"].get("required", {}),
-                       **info["LoadViewSet"]["input"].get("optional", {})}:
-        pytest.skip("LoadViewSet has no 'views' selection input yet")
+    assert "LoadViewSet" in info and "SaveViewSet" in info, "the pack's LoadViewSet/SaveViewSet are not registered"
+    assert "views" in {**info["LoadViewSet"]["input"].get("required", {}),
+                       **info["LoadViewSet"]["input"].get("optional", {})}, "LoadViewSet lost its 'views' input"
 
     def defaults(cls):
         out = {}

@@ -24,7 +24,7 @@ import pytest
 from PIL import Image, ImageDraw
 
 from glimpse.runner.workflow import OverrideError, WorkflowError, apply_overrides, load_workflow, workflow_mode
-from glimpse.workflow_format import FRONTEND_ONLY, canvas_to_api
+from tools.workflow_format import FRONTEND_ONLY, canvas_to_api
 
 pytestmark = pytest.mark.server
 

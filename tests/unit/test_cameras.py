@@ -1,5 +1,6 @@
 """Cameras: the cameras.json schema, SyncDreamer's orbit, intrinsics under resize/pad, (un)projection round trips."""
 import json
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -8,6 +9,7 @@ import torch
 
 from glimpse.cameras import (
     camera_to_world,
+    cat_cameras,
     depth_to_world,
     letterbox_cameras,
     load_cameras,
@@ -20,8 +22,9 @@ from glimpse.cameras import (
     unproject,
     world_to_camera,
 )
+from glimpse.types import Cameras
 
-# The fox sample set ships ../shared/data/sample_views/256 whole; its cameras.json is syncdreamer_cameras.json.
+# The fox sample set: 16 views at 256 px taken by SyncDreamer's cameras, which its cameras.json states.
 SAMPLE = Path(__file__).resolve().parents[2] / "samples" / "fox"
 CAMERAS_JSON = SAMPLE / "cameras.json"
 
@@ -159,6 +162,48 @@ def test_select_cameras_keeps_original_indices():
     assert len(sub) == 2 and sub.view_index.tolist() == [3, 9]
     assert torch.equal(sub.world_to_camera, cams.world_to_camera[[3, 9]])
     assert select_cameras(sub, [1]).view_index.tolist() == [9]  # a selection of a selection keeps set indices
+
+
+@dataclass(frozen=True)
+class TaggedCameras(Cameras):
+    """Cameras with one more per-view field and one more set-wide field, as later fields of Cameras will be."""
+
+    neighbours: torch.Tensor | None = None  # int64 [N,2]
+    set_name: str | None = None
+
+
+def tagged(n: int = 16) -> TaggedCameras:
+    cams = orbit_cameras(n)
+    rows = torch.stack([(torch.arange(n) + 1) % n, (torch.arange(n) - 1) % n], -1)
+    return TaggedCameras(**{k: getattr(cams, k) for k in Cameras.__dataclass_fields__}, neighbours=rows,
+                         set_name="fox")
+
+
+def test_select_and_join_carry_every_field():
+    cams = tagged()
+    sub = select_cameras(cams, [3, 9])
+    assert isinstance(sub, TaggedCameras) and sub.set_name == "fox"
+    assert sub.neighbours.tolist() == [[4, 2], [10, 8]]
+    chunks = [select_cameras(cams, list(range(s, min(s + 5, 16)))) for s in range(0, 16, 5)]
+    joined = cat_cameras(chunks)
+    assert isinstance(joined, TaggedCameras) and joined.set_name == "fox" and joined.image_size == cams.image_size
+    for name in ("intrinsics", "world_to_camera", "camera_to_world", "azimuth_deg", "elevation_deg", "view_index",
+                 "neighbours"):
+        assert torch.equal(getattr(joined, name), getattr(cams, name)), name
+    shuffled = cat_cameras([chunks[2], chunks[0]])
+    assert shuffled.view_index.tolist() == [10, 11, 12, 13, 14, 0, 1, 2, 3, 4]  # chunk order, set indices
+
+
+def test_join_drops_a_per_view_field_some_chunk_lacks_and_refuses_two_sets():
+    a, b = select_cameras(tagged(), [0, 1]), select_cameras(tagged(), [2])
+    assert cat_cameras([a, replace(b, neighbours=None)]).neighbours is None
+    assert cat_cameras([a, b]).neighbours.shape == (3, 2)
+    with pytest.raises(ValueError, match="set_name is 'fox' in one and 'owl' in another"):
+        cat_cameras([a, replace(b, set_name="owl")])
+    with pytest.raises(ValueError, match=r"image_size is \(256, 256\) in one and \(128, 128\)"):
+        cat_cameras([a, replace(b, image_size=(128, 128))])
+    with pytest.raises(ValueError, match="no camera chunks"):
+        cat_cameras([])
 
 
 def test_letterbox_intrinsics_map_projections_exactly():

@@ -9,10 +9,9 @@ import pytest
 import torch
 
 from glimpse.cameras import orbit_cameras
-from glimpse.consistency import (
-    PSNR_CAP, colour_stats, psnr_from_mse, ring_pairs, score_views, sharpness, srgb_to_lab, warp_errors,
-)
+from glimpse.consistency import colour_stats, score_views, sharpness, srgb_to_lab
 from glimpse.types import DepthMaps
+from glimpse.warp import PSNR_CAP, psnr_from_mse, ring_pairs, warp_errors
 from tests.unit.spheres import rays, red, render, texture, visible_in
 
 SIZE = 128

@@ -133,6 +133,19 @@ def test_a_chunk_of_views_keeps_the_set_wide_grey_levels(scene):
     assert not torch.allclose(depth_hint(alone), depth_hint(full)[4:8])
 
 
+def test_chunks_join_back_into_the_set(scene):
+    full = with_set_range(scene)
+    joined = DepthMaps.cat([full.select(slice(0, 5)), full.select(slice(5, 16))])
+    assert torch.equal(joined.depth, full.depth) and torch.equal(joined.valid, full.valid)
+    assert (joined.near, joined.far) == (full.near, full.far)
+    # chunks that carry different ranges are not one set's: the joined maps get theirs from the data
+    mixed = DepthMaps.cat([full.select(slice(0, 5)), scene.select(slice(5, 16))])
+    assert mixed.near is None and mixed.far is None
+    assert torch.equal(depth_hint(mixed), depth_hint(scene))
+    with pytest.raises(ValueError, match="no depth chunks"):
+        DepthMaps.cat([])
+
+
 def test_outliers_do_not_move_near_far(scene):
     z = scene.depth.clone()
     z[0, 0, :5] = 1e6  # a few far-away specks (e.g. a stray splat)

@@ -67,8 +67,8 @@ def test_estimate_orders_presets_and_scales_with_chunk_and_resolution():
 
 def test_working_size():
     assert working_size(1024) == (1024, 1024)
-    assert working_size(1024, 16 / 9) == (1024, 576)
-    assert working_size(1024, 9 / 16) == (576, 1024)
+    assert working_size(1024, 16 / 9) == (576, 1024)  # (h, w): landscape is wider than high
+    assert working_size(1024, 9 / 16) == (1024, 576)
 
 
 def test_custom_preset_uses_fields_and_named_presets_ignore_them():

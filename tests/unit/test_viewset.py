@@ -18,7 +18,7 @@ from glimpse.scan import fingerprint, scan_view_set
 from glimpse.views import chunks
 from glimpse.viewset import load_view_set, parse_colour, views_without_depth, working_size
 
-SAMPLE = Path(__file__).resolve().parents[2] / "samples" / "fox"  # ../shared/data/sample_views/256 + a README
+SAMPLE = Path(__file__).resolve().parents[2] / "samples" / "fox"  # 16 views at 256 px, depth, cameras, a README
 
 
 def copy_sample(dst: Path) -> Path:

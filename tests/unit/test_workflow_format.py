@@ -1,14 +1,20 @@
-"""Canvas <-> API workflow conversion (glimpse.workflow_format) against core node definitions from a real ComfyUI
-v0.3.64 ``/object_info`` (tests/unit/data/object_info_core.json, tooltips removed) and, when the package is
-installed, every canvas template ComfyUI ships (comfyui_workflow_templates)."""
+"""Canvas <-> API workflow conversion (tools/workflow_format.py, tools/node_widgets.py) against core node definitions
+from a real ComfyUI v0.3.64 ``/object_info`` (tests/unit/data/object_info_core.json, tooltips removed) and, when the
+package is installed, every canvas template ComfyUI ships (comfyui_workflow_templates)."""
 import copy
 import importlib.util
 import json
+import sys
 from pathlib import Path
 
 import pytest
 
-from glimpse.workflow_format import (
+REPO = Path(__file__).resolve().parents[2]
+if str(REPO) not in sys.path:  # `python -m pytest` already has it; a bare `pytest` may not
+    sys.path.insert(0, str(REPO))
+
+from tools.node_widgets import widget_slots  # noqa: E402
+from tools.workflow_format import (  # noqa: E402
     UnknownNodeTypes,
     WorkflowFormatError,
     api_to_canvas,
@@ -16,7 +22,6 @@ from glimpse.workflow_format import (
     group_bounding,
     is_canvas,
     node_types,
-    widget_slots,
 )
 
 OBJECT_INFO = json.loads((Path(__file__).parent / "data" / "object_info_core.json").read_text())

@@ -6,32 +6,27 @@
 * **API** (what ``POST /prompt`` takes and what the headless runner queues): ``{"<id>": {"class_type": ...,
   "inputs": {name: value | [from_id, from_slot]}, "_meta": {"title": ...}}}``.
 
-A canvas node keeps its widget values as a positional list. Which input each entry belongs to follows the node
-definition in ``/object_info`` exactly as ComfyUI's frontend (1.27) builds widgets: inputs in ``input_order``
-(required, then optional); an input is a widget when its type is INT, FLOAT, STRING, BOOLEAN, COMBO or an option list
-(and not ``forceInput``); an INT with ``control_after_generate`` (or, when that is unset, an INT named ``seed`` /
-``noise_seed``) and a COMBO with ``control_after_generate`` are followed by their control value ("fixed",
-"randomize" ...), and a COMBO with ``image_upload`` (video/audio/animated) by its upload button's value; neither extra
-entry is sent to the server. A canvas node's ``inputs`` lists its sockets first, then the widget inputs that are
-linked (``"widget": {"name": ...}``); links address inputs by their index in that list.
+A canvas node keeps its widget values as a positional list, whose entries :mod:`tools.node_widgets` assigns to inputs as
+the frontend does. A canvas node's ``inputs`` lists its sockets first, then the widget inputs that are linked
+(``"widget": {"name": ...}``); links address inputs by their index in that list.
 
 ``canvas_to_api`` does what the frontend's "Export (API)" does: muted nodes (mode 2) are dropped, bypassed nodes
 (mode 4) pass their input of the same type through, Reroutes are followed, a link from a PrimitiveNode leaves the
 widget's own value, and every node type must exist in ``object_info``. ``api_to_canvas`` lays an API workflow out
 on the canvas from a ``layout`` (positions, sizes, titles, groups, Note/MarkdownNote nodes). Together they keep a
-bundled canvas workflow and its API twin the same graph with the same values (``tools/build_workflows.py``).
+bundled canvas workflow and its API twin the same graph with the same values (``build_workflows.py`` next to
+this module; the pack itself never converts, so this lives with the generator and does not ship).
 """
 from __future__ import annotations
 
 import copy
 import uuid
 
-WIDGET_TYPES = frozenset({"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"})
-UPLOAD_OPTIONS = ("image_upload", "video_upload", "audio_upload", "animated_image_upload")
+from tools.node_widgets import default_value, extra_entry, inputs_in_order, is_widget, type_name, widget_slots
+
 FRONTEND_ONLY = frozenset({"Note", "MarkdownNote", "Reroute", "PrimitiveNode"})
 NOTE_TYPES = frozenset({"Note", "MarkdownNote"})
 MODE_ALWAYS, MODE_NEVER, MODE_BYPASS = 0, 2, 4
-CONTROL_DEFAULT = "fixed"  # seeds in bundled workflows stay put when queued from the canvas
 NOTE_COLOR, NOTE_BGCOLOR = "#432", "#653"  # the frontend's own Note colours
 SLOT_HEIGHT, WIDGET_HEIGHT = 20, 24  # LiteGraph row heights, for the default node size
 OPTIONAL_SHAPE, LIST_SHAPE = 7, 6  # LiteGraph slot shapes the frontend gives optional inputs and list outputs
@@ -51,78 +46,7 @@ class UnknownNodeTypes(WorkflowFormatError):
         super().__init__(f"node types missing from this ComfyUI's /object_info: {listed}")
 
 
-# -- node definitions ------------------------------------------------------------------------------------------------
-
-def _inputs_in_order(spec: dict) -> list[tuple[str, list, bool]]:
-    """[(name, [type, options], optional)] of a node definition, in ``input_order`` (required, then optional)."""
-    defs = spec.get("input", {})
-    order = spec.get("input_order") or {k: list(defs.get(k, {})) for k in ("required", "optional")}
-    out = []
-    for section in ("required", "optional"):
-        for name in order.get(section, []):
-            entry = defs.get(section, {}).get(name)
-            if entry is None:
-                continue
-            entry = list(entry) if isinstance(entry, (list, tuple)) else [entry]
-            if len(entry) < 2 or not isinstance(entry[1], dict):
-                entry = [entry[0], {}]
-            out.append((name, entry, section == "optional"))
-    return out
-
-
-def _is_widget(entry: list) -> bool:
-    kind, opts = entry[0], entry[1]
-    if opts.get("forceInput"):
-        return False
-    return isinstance(kind, list) or kind in WIDGET_TYPES
-
-
-def _type_name(entry: list) -> str:
-    return "COMBO" if isinstance(entry[0], list) else str(entry[0])
-
-
-def widget_slots(spec: dict) -> list[str | None]:
-    """The meaning of each ``widgets_values`` entry of a node: an input name, or None for a control/upload entry."""
-    slots: list[str | None] = []
-    for name, entry, _ in _inputs_in_order(spec):
-        if not _is_widget(entry):
-            continue
-        slots.append(name)
-        kind, opts = _type_name(entry), entry[1]
-        control = opts.get("control_after_generate")
-        if kind == "INT" and (control if control is not None else name in ("seed", "noise_seed")):
-            slots.append(None)
-        elif kind == "COMBO" and (control or any(opts.get(k) for k in UPLOAD_OPTIONS)):
-            slots.append(None)
-    return slots
-
-
-def _extra_entry(spec_entry: list) -> object:
-    opts = spec_entry[1]
-    for key, value in (("image_upload", "image"), ("video_upload", "video"), ("audio_upload", "audio"),
-                       ("animated_image_upload", "image")):
-        if opts.get(key) and not opts.get("control_after_generate"):
-            return value
-    return CONTROL_DEFAULT
-
-
-def default_value(entry: list):
-    """A widget's value when nothing sets it: its default, else the first option of a combo, else 0/""/False."""
-    kind, opts = entry[0], entry[1]
-    if "default" in opts:
-        return opts["default"]
-    options = kind if isinstance(kind, list) else opts.get("options")
-    if options is not None:
-        return options[0] if options else None
-    return {"INT": 0, "FLOAT": 0.0, "STRING": "", "BOOLEAN": False}.get(kind)
-
-
-def _spec(object_info: dict, class_type: str, node_id) -> dict:
-    spec = object_info.get(class_type)
-    if spec is None:
-        raise UnknownNodeTypes({class_type: [str(node_id)]})
-    return spec
-
+# -- workflows -------------------------------------------------------------------------------------------------------
 
 def missing_node_types(types_by_id: dict[str, str], object_info: dict) -> dict[str, list[str]]:
     """{type: [node ids]} of the node types that ``object_info`` lacks."""
@@ -222,11 +146,11 @@ def canvas_to_api(canvas: dict, object_info: dict) -> dict:
     api = {}
     for node in live:
         spec = object_info[node["type"]]
-        entries = {name: (entry, optional) for name, entry, optional in _inputs_in_order(spec)}
+        entries = {name: (entry, optional) for name, entry, optional in inputs_in_order(spec)}
         values = node.get("widgets_values")
         given: dict = {}
         if isinstance(values, dict):
-            given = {k: v for k, v in values.items() if k in entries and _is_widget(entries[k][0])}
+            given = {k: v for k, v in values.items() if k in entries and is_widget(entries[k][0])}
         else:
             values = values or []
             for i, name in enumerate(widget_slots(spec)):
@@ -248,10 +172,10 @@ def canvas_to_api(canvas: dict, object_info: dict) -> dict:
 
 def default_size(spec: dict, width: int = 300) -> list[int]:
     """A node size that fits its sockets and widgets (LiteGraph rows: 20 px per slot row, 24 per widget)."""
-    sockets = [n for n, e, _ in _inputs_in_order(spec) if not _is_widget(e)]
+    sockets = [n for n, e, _ in inputs_in_order(spec) if not is_widget(e)]
     rows = max(len(sockets), len(spec.get("output", [])))
     widgets = widget_slots(spec)
-    multiline = sum(1 for n, e, _ in _inputs_in_order(spec) if _is_widget(e) and e[1].get("multiline"))
+    multiline = sum(1 for n, e, _ in inputs_in_order(spec) if is_widget(e) and e[1].get("multiline"))
     height = rows * SLOT_HEIGHT + (len(widgets) * WIDGET_HEIGHT + 14 if widgets else 6) + multiline * 60
     return [width, height]
 
@@ -315,19 +239,19 @@ def api_to_canvas(api: dict, object_info: dict, layout: dict | None = None, name
         if not isinstance(node.get("inputs"), dict):
             raise WorkflowFormatError(f"API node {nid} has no inputs object")
         spec = object_info[node["class_type"]]
-        known = {n for n, _, _ in _inputs_in_order(spec)}
+        known = {n for n, _, _ in inputs_in_order(spec)}
         unknown = sorted(set(node["inputs"]) - known)
         if unknown:
             raise WorkflowFormatError(f"node {nid} ({node['class_type']}) has inputs {unknown} that its definition "
                                       f"lacks (it has {sorted(known)})")
         sockets, linked_widgets = [], []
-        for iname, entry, optional in _inputs_in_order(spec):
+        for iname, entry, optional in inputs_in_order(spec):
             value = node["inputs"].get(iname)
             is_link = isinstance(value, list) and len(value) == 2 and isinstance(value[1], int)
-            slot = {"name": iname, "type": _type_name(entry), "link": None}
+            slot = {"name": iname, "type": type_name(entry), "link": None}
             if optional:
                 slot["shape"] = OPTIONAL_SHAPE
-            if not _is_widget(entry):
+            if not is_widget(entry):
                 sockets.append(slot)
             elif is_link:
                 slot["widget"] = {"name": iname}
@@ -361,11 +285,11 @@ def api_to_canvas(api: dict, object_info: dict, layout: dict | None = None, name
     for col, nid in enumerate(ids):
         node = api[nid]
         spec = object_info[node["class_type"]]
-        entries = {n: e for n, e, _ in _inputs_in_order(spec)}
+        entries = {n: e for n, e, _ in inputs_in_order(spec)}
         values, last = [], None
         for slot_name in widget_slots(spec):
             if slot_name is None:
-                values.append(_extra_entry(entries[last]))
+                values.append(extra_entry(entries[last]))
                 continue
             last = slot_name
             value = node["inputs"].get(slot_name, default_value(entries[slot_name]))
