@@ -57,7 +57,9 @@ def test_bench_cpu_tiny(models_dir, tmp_path):
     assert {"LoadViewSet", "DepthControlNet", "ConfidenceBlend", "SamplerCustomAdvanced"} <= set(ours["nodes_s"])
     assert ours["loader_nodes_s"] > 0 and ours["load_s"] >= ours["loader_nodes_s"]
     assert any("preset custom" in c and "resolution 64" in c for c in ours["graph_changes"]), ours["graph_changes"]
-    assert ours["node_calls"]["SamplerCustomAdvanced"] == 2, "t4: one view per chunk, as the preset says"
+    # the t4 preset samples one view per chunk, but its cross-view anchors (auto: min(4, views)) are sampled together:
+    # here both views are anchors, so one sampler call
+    assert ours["node_calls"]["SamplerCustomAdvanced"] == 1
     # baseline: module calls timed inside the diffusers pipeline
     assert set(base["split_s"]) == {"vae_encode", "unet", "controlnet", "vae_decode", "other"}
     assert all(v > 0 for k, v in base["split_s"].items() if k != "other")

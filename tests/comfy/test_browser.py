@@ -159,7 +159,7 @@ def test_queues_from_the_ui_and_runs(name, page, comfy_server):
     data = json.loads((REPO / "workflows" / f"{name}.json").read_text(encoding="utf-8"))
     open_workflow(page, data, f"{name}.json")
     subfolder = f"browser_test/{name}"
-    edits = {("LoadViewSet", "path"): str(FOX), ("LoadViewSet", "views"): "5",
+    edits = {("LoadViewSet", "path"): str(FOX), ("LoadViewSet", "views"): "5", ("LoadViewSet", "anchors"): "5",
              ("MemoryPreset", "preset"): "custom", ("MemoryPreset", "resolution"): 256,
              ("MemoryPreset", "views_per_chunk"): 1, ("SaveViewSet", "subfolder"): subfolder}
     for (node_type, widget), value in edits.items():

@@ -174,12 +174,15 @@ def test_identical_views_cameras_and_noise_change_nothing(runner, tmp_path, mode
     off = runner.run(graph(folder, resolution=128, mode="off", anchors="0,1", noise="DisableNoise"))
     on = runner.run(graph(folder, resolution=128, mode=mode, weight=1.0, anchors="0,1", noise="DisableNoise"))
     scale = max(float(t.abs().max()) for t in off.values())
-    assert max_diff(on, off) <= 1e-5 * scale
+    # float noise only: the anchors' hidden states come from a batch of two, a view's own from a batch of one (CPU
+    # kernels round them differently in the last bits), and weight 1 passes that difference straight through
+    same = max_diff(on, off)
     # the same setting on views that differ does change them (so the check above is not vacuous)
     varied = sphere_set(tmp_path / "varied", 128, views=4)
     off_v = runner.run(graph(varied, resolution=128, mode="off", anchors="0,1", noise="DisableNoise"))
     on_v = runner.run(graph(varied, resolution=128, mode=mode, weight=1.0, anchors="0,1", noise="DisableNoise"))
-    assert max_diff(on_v, off_v) > 1e-3 * scale
+    differ = max_diff(on_v, off_v)
+    assert same <= 1e-4 * scale and differ > 100 * same, (same, differ, scale)
 
 
 def _reprojected_region(folder: Path, size: int, src: int, dst: int, at: int, side: int) -> torch.Tensor:

@@ -190,7 +190,7 @@ def assert_vae_passes(history: dict, api: dict, size: int) -> None:
 def test_t4_twin_runs_one_tiled_vae_pass(comfy_server):
     """The t4 preset's tiled VAE at a size where it tiles: its 544 px tiles give 2x2 at 1024 px; 160 px tiles give
     2x2 at 256 px here (MemoryPreset custom with the t4 values otherwise)."""
-    api = small(twin("glimpse_enhance_t4"), "3,11", "workflow_test/t4_tiled", resolution=256)
+    api = small(twin("glimpse_enhance_t4"), "3,11", "workflow_test/t4_tiled", resolution=256, anchors="3,11")
     preset = next(n["inputs"] for n in api.values() if n["class_type"] == "MemoryPreset")
     preset.update(preset="custom", vae_tile_size=160)
     history = comfy_server.queue(api, timeout=1500)
