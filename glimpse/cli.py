@@ -1,7 +1,7 @@
 """The ``glimpse-enhance`` console command: one argparse parser with a subcommand per task.
 
-``run`` and ``loop`` drive ComfyUI over HTTP (``glimpse.runner``); ``fleet`` drives many servers through Ray. Subcommand modules are imported only when their
-subcommand runs, so ``glimpse-enhance --help`` stays fast.
+``run`` and ``loop`` drive ComfyUI over HTTP (``glimpse.runner``); ``fleet`` drives many servers through Ray.
+Subcommand modules are imported only when their subcommand runs, so ``glimpse-enhance --help`` stays fast.
 """
 from __future__ import annotations
 

@@ -145,7 +145,8 @@ class Fleet:
 
     def make_job(self, task: fp.SetTask, out_dir: Path) -> dict:
         """What ServerWorker.begin needs: the set's name and run options, and its files or its shared paths."""
-        job = {"name": task.name, "overrides": self.user, "chunk": self.opts.run.chunk}
+        job = {"name": task.name, "overrides": self.user, "chunk": self.opts.run.chunk,
+               "paths": {"set": str(task.folder), "out": str(out_dir), "workflow": str(self.workflow_path)}}
         if self.opts.shared_fs:
             job["shared"] = {"viewset": str(task.folder.resolve()), "out": str(out_dir.resolve()),
                              "workflow": str(self.workflow_path.resolve())}
@@ -210,7 +211,7 @@ class Fleet:
         elif status != fp.INTERRUPTED:
             self.progress.sets_failed += 1
             self.progress.message(f"{task.name}: {status.replace('_', ' ')} on {s.label}: {error}")
-        self.report.save()
+        self.report.save(force=False)
 
     def _lost(self, s: Server, why: str, seconds: float) -> None:
         """``s`` lost its set: retried elsewhere, or failed when its retries are spent."""
@@ -225,7 +226,7 @@ class Fleet:
             self.progress.message(f"{task.name}: {why}; its unfinished views go to another server")
         else:
             self._finish(s, task, fp.FAILED, f"{why} (given up after {task.attempts} attempts)", 0.0)
-        self.report.save()
+        self.report.save(force=False)
 
     def _died(self, s: Server, err: Exception) -> None:
         if s.task is not None:
@@ -275,6 +276,7 @@ class Fleet:
             self._handle(next(s for s in busy if s.ref is ref))
         self.progress.running = sum(s.task is not None for s in self.servers)
         self.progress.step_update("")
+        self.report.save(force=False)
         return True
 
     def cancel(self) -> None:
@@ -303,6 +305,7 @@ class Fleet:
             self.cancel()
             return 130
         finally:
+            self.sets_s = time.monotonic() - self.progress.t0  # first set to last, servers' start and stop left out
             self.report.save()
             self.shutdown()
         if self.sched.has_work():
@@ -368,6 +371,9 @@ def fleet(opts: FleetOptions) -> int:
     counts = f.report.counts()
     say(f"fleet: {', '.join(f'{n} {k}' for k, n in sorted(counts.items()))} in {time.monotonic() - t0:.1f} s "
         f"-> {f.report.path}")
+    if getattr(f, "sets_s", 0) and f.progress.sets_run:
+        say(f"  {f.progress.sets_run} set(s) run in {f.sets_s:.1f} s from the first set on: "
+            f"{3600 * f.progress.sets_run / f.sets_s:.1f} sets/h")
     for label, s in f.report.servers.items():
         say(fp.throughput_line(label, s))
     if code == 130:

@@ -135,13 +135,18 @@ class ServerWorker:
                 (out_dir / Path(name).name).write_bytes(data)
                 self.sent[name] = self._stat(out_dir / name)
         self.out_dir = out_dir
+        # run's messages name the worker's folders; the driver's user knows the driver's
+        theirs = job["paths"]
+        self.renames = {} if job.get("shared") else {str(set_dir): theirs["set"], str(out_dir): theirs["out"],
+                                                      str(workflow): theirs["workflow"]}
         self.log = _Log()
-        self.cancelled = threading.Event()
+        self.cancelled = False
+        self.stop_run = threading.Event()  # run sets it too, on a fatal error: not a sign of cancel()
         self.code: int | None = None
         self.t0 = time.monotonic()
         opts = RunOptions(viewset=set_dir, out=out_dir, servers=[self.url], workflow=str(workflow),
                           overrides=job["overrides"], chunk=job.get("chunk"), stream=self.log, tty=False,
-                          stop=self.cancelled)
+                          stop=self.stop_run)
         self.thread = threading.Thread(target=self._run, args=(opts,), daemon=True, name=f"glimpse-{job['name']}")
         self.thread.start()
 
@@ -183,7 +188,9 @@ class ServerWorker:
             code = self.code if self.code is not None else 1
             alive = code == 0 or self.server_alive()
             text = self.log.getvalue()
-            result.update(code=code, outcome=attempt_outcome(code, self.cancelled.is_set(), alive),
+            for local, theirs in self.renames.items():
+                text = text.replace(local, theirs)
+            result.update(code=code, outcome=attempt_outcome(code, self.cancelled, alive),
                           error=run_error(text) if code else None, log_tail="\n".join(text.splitlines()[-20:]),
                           seconds=round(time.monotonic() - self.t0, 3))
             self.thread = None
@@ -206,7 +213,8 @@ class ServerWorker:
     def cancel(self) -> None:
         """Stop the set as Ctrl-C stops run: the prompt in flight is interrupted, finished views stay."""
         if self.thread is not None:
-            self.cancelled.set()
+            self.cancelled = True
+            self.stop_run.set()
 
     def stop(self) -> None:
         self.cancel()

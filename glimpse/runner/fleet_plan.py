@@ -154,16 +154,19 @@ class FleetReport:
         self.servers: dict[str, dict] = {}
         self.info = info
         self._saved = 0.0
+        self._dirty = False
 
     def set(self, name: str, **fields) -> dict:
         entry = self.sets.setdefault(name, {"status": PENDING, "attempts": 0, "seconds": 0.0, "server": None,
                                             "error": None})
         entry.update(fields)
+        self._dirty = True
         return entry
 
     def server(self, label: str, **fields) -> dict:
         entry = self.servers.setdefault(label, {"sets": 0, "views": 0, "busy_s": 0.0, "lost_sets": 0})
         entry.update(fields)
+        self._dirty = True  # the caller may add to the entry it gets
         return entry
 
     def counts(self) -> dict[str, int]:
@@ -173,10 +176,11 @@ class FleetReport:
         return out
 
     def save(self, force: bool = True) -> None:
-        """Write atomically; ``force=False`` writes at most once a second (views arrive often)."""
-        if not force and time.monotonic() - self._saved < 1.0:
+        """Write atomically; ``force=False`` writes changes at most once a second, so a fleet of thousands of sets
+        does not rewrite the whole report for every set that starts or ends."""
+        if not force and (not self._dirty or time.monotonic() - self._saved < 1.0):
             return
-        self._saved = time.monotonic()
+        self._saved, self._dirty = time.monotonic(), False
         data = {"format": FORMAT, **self.info, "updated": time.strftime("%Y-%m-%dT%H:%M:%S"),
                 "counts": self.counts(), "sets": dict(sorted(self.sets.items())), "servers": self.servers}
         mf.write_atomic(self.path, (json.dumps(data, indent=1) + "\n").encode())
