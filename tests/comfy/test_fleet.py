@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 pytest.importorskip("ray", reason="the fleet extra is not installed: pip install -e '.[fleet]'")
 pytestmark = pytest.mark.server
@@ -38,7 +39,8 @@ def make_sets(root: Path, names=("a", "b", "c"), views: int = 4) -> Path:
         for i in range(views):
             for suffix in (".png", "_depth.npz", "_mask.png"):
                 shutil.copy(FOX / f"view_{first + i:02d}{suffix}", d / f"view_{i:02d}{suffix}")
-        (d / "cameras.json").write_text(json.dumps({**cams, "views": cams["views"][first:first + views]}))
+        picked = [{**v, "index": i} for i, v in enumerate(cams["views"][first:first + views])]
+        (d / "cameras.json").write_text(json.dumps({**cams, "views": picked}))
     return root
 
 
@@ -115,6 +117,16 @@ def running_set_with_views(out: Path, n: int):
     return None
 
 
+def png_content(path: Path):
+    """Pixels and embedded prompt of a PNG, less LoadViewSet's change fingerprint (its input files' upload stamps,
+    which differ between any two uploads of the same set)."""
+    with Image.open(path) as im:
+        prompt = json.loads(im.info.get("prompt", "{}"))
+        for node in prompt.values():
+            node.pop("is_changed", None)
+        return im.mode, im.size, im.tobytes(), prompt
+
+
 def alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -173,7 +185,7 @@ def test_two_actors_enhance_three_sets_exactly_as_run_does(t4_server, tmp_path):
         ours = sorted(p.name for p in (out / name).glob("*.png"))
         assert ours == sorted(p.name for p in ref.glob("*.png")) and len(ours) == 9, ours
         for png in ours:
-            assert (out / name / png).read_bytes() == (ref / png).read_bytes(), f"{name}/{png} differs from run's"
+            assert png_content(out / name / png) == png_content(ref / png), f"{name}/{png} differs from run's"
         m, mr = manifest(out / name), manifest(ref)
         assert m["params_hash"] == mr["params_hash"] and m["workflow_facts"]["seed"] == 7
         for key in ("viewset", "workflow", "inputs_hash", "overrides", "all_views"):
@@ -267,3 +279,20 @@ def test_ctrl_c_keeps_finished_views_and_the_same_command_resumes(slow_sets, tmp
         after = stamps(out / name)
         assert {k: after[k] for k in views} == views, f"{name}: finished views were redone"
     assert report(out)["counts"] == {"done": 3}
+
+
+def test_shared_fs_mode_writes_what_the_default_mode_writes(tmp_path):
+    sets = make_sets(tmp_path / "sets", names=("a", "b"), views=2)
+    wf = blur_workflow(tmp_path, 256)
+    shipped, shared = tmp_path / "shipped", tmp_path / "shared"
+    for out, extra in ((shipped, ()), (shared, ("--shared-fs",))):
+        r = fleet(sets, out, wf, *extra)
+        assert r.returncode == 0, r.stderr
+        assert report(out)["counts"] == {"done": 2} and report(out)["shared_fs"] == bool(extra)
+        assert_every_view(out, sets)
+    for name in ("a", "b"):
+        pngs = sorted(p.name for p in (shipped / name).glob("*.png"))
+        assert pngs == sorted(p.name for p in (shared / name).glob("*.png"))
+        for png in pngs:
+            assert (shipped / name / png).read_bytes() == (shared / name / png).read_bytes(), f"{name}/{png}"
+        assert manifest(shipped / name)["params_hash"] == manifest(shared / name)["params_hash"]

@@ -161,11 +161,14 @@ def driver(sets, out, wf):
 
 
 def poll_to_end(worker, timeout=60):
-    deadline = time.monotonic() + timeout
+    """Poll as the driver does; the last result with every file and the latest manifest the polls brought."""
+    deadline, files, manifest = time.monotonic() + timeout, {}, None
     while True:
         res = worker.poll(0.5)
+        files.update(res["files"])
+        manifest = res["manifest"] or manifest
         if res["done"]:
-            return res
+            return {**res, "files": files, "manifest": manifest}
         assert time.monotonic() < deadline
 
 
