@@ -25,9 +25,9 @@ from pathlib import Path
 from . import fleet_plan as fp
 from . import manifest as mf
 from .fleet_actor import ServerWorker, pack_inputs, pack_outputs, write_outputs
-from .run import USER_OPTIONS, RunError, RunOptions, check_writable
+from .prepare import USER_OPTIONS, RunError, RunOptions, check_apart, check_writable
 from .viewset import ViewSetError, is_viewset
-from .workflow import OverrideError, WorkflowError, apply_overrides, load_workflow, resolve_workflow
+from .workflow import OverrideError, WorkflowError, apply_overrides, load_workflow, resolve_workflow, workflow_mode
 
 POLL_S = 1.0
 CANCEL_TIMEOUT_S = 60.0
@@ -68,6 +68,7 @@ class Fleet:
         self.workflow_path = resolve_workflow(o.workflow)
         self.base = load_workflow(self.workflow_path)
         apply_overrides(self.base, self.user, str(self.workflow_path))  # a bad override fails here, once
+        self.images_only = workflow_mode(self.base) == "per-view"  # what run's scan of a set checks
         self.workflow_text = self.workflow_path.read_text(encoding="utf-8")
         if is_viewset(Path(o.viewset)):
             raise ViewSetError(f"{o.viewset} is a view set; fleet takes a folder of view sets (run takes one set)")
@@ -123,12 +124,13 @@ class Fleet:
         others = any(o is not s and o.info for o in self.servers)
         while (task := self.sched.next_for(s.label, others)) is not None:
             out_dir = self.out / task.name
-            if task.attempts == 1 and fp.set_finished(task.folder, out_dir, self.base, self.user):
+            if task.attempts == 1 and fp.set_finished(task.folder, out_dir, self.base, self.user, self.images_only):
                 self.report.set(task.name, status=fp.DONE, skipped=True, error=None)
                 self.progress.sets_done += 1
                 self.progress.message(f"{task.name}: finished in an earlier run, skipped")
                 continue
-            try:
+            try:  # run's own checks, here so that a bad set never travels: errors name the driver's files
+                check_apart(task.folder, out_dir)
                 check_writable(out_dir)
                 job = self.make_job(task, out_dir)
             except (RunError, ViewSetError, OSError) as e:
@@ -151,7 +153,7 @@ class Fleet:
             job["shared"] = {"viewset": str(task.folder.resolve()), "out": str(out_dir.resolve()),
                              "workflow": str(self.workflow_path.resolve())}
         else:
-            job.update(inputs=pack_inputs(task.folder), outputs=pack_outputs(out_dir), workflow_text=self.workflow_text)
+            job.update(inputs=pack_inputs(task.folder, self.images_only), outputs=pack_outputs(out_dir), workflow_text=self.workflow_text)
         return job
 
     def _count_views(self, s: Server, manifest: dict) -> None:

@@ -22,17 +22,20 @@ import threading
 import time
 from pathlib import Path
 
+from ..files import atomic_write_bytes
 from . import manifest as mf
 from .client import ComfyClient, ServerUnreachable
 from .embedded import EmbeddedComfy
 from .fleet_plan import attempt_outcome, run_error
-from .run import RunOptions, run
-from .viewset import viewset_files
+from .prepare import RunOptions
+from .run import run
+from .viewset import check_set
 
 
-def pack_inputs(folder: Path) -> dict[str, bytes]:
-    """The files of a set that run needs (the ones it uploads and scores against)."""
-    return {p.name: p.read_bytes() for p in viewset_files(folder)}
+def pack_inputs(folder: Path, images_only: bool) -> dict[str, bytes]:
+    """The files of a set that run reads (what its scan accepts: views, depth, masks, cameras); ViewSetError naming
+    the file when the set is unusable."""
+    return {p.name: p.read_bytes() for p in check_set(folder, images_only).files()}
 
 
 def pack_outputs(out_dir: Path) -> dict[str, bytes]:
@@ -52,7 +55,7 @@ def write_outputs(out_dir: Path, files: dict[str, bytes], manifest: dict | None,
     stood, as run on the driver would have written it."""
     out_dir.mkdir(parents=True, exist_ok=True)
     for name, data in files.items():
-        mf.write_atomic(out_dir / Path(name).name, data)
+        atomic_write_bytes(out_dir / Path(name).name, data)
     if manifest:
         manifest = {**manifest, "viewset": str(Path(set_dir).resolve()), "workflow": workflow}
         if isinstance(manifest.get("scores"), dict) and "set_dir" in manifest["scores"]:

@@ -16,9 +16,10 @@ from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..files import atomic_write_bytes, files_digest
 from . import manifest as mf
 from .progress import Progress, _fmt_s
-from .viewset import ViewSetError, files_hash, is_viewset, view_indices, viewset_files
+from .viewset import ViewSetError, check_set, is_viewset
 
 FORMAT = "glimpse-enhance-fleet/1"
 REPORT = "fleet.json"
@@ -126,18 +127,19 @@ def run_error(log: str) -> str:
     return lines[-1] if lines else ""
 
 
-def set_finished(folder: Path, out_dir: Path, workflow: dict, user: dict) -> bool:
-    """Whether OUT_DIR/<set> holds every view of ``folder`` made with these parameters (the params hash ``run``
-    records), so the fleet can pass the set over without shipping it anywhere."""
-    try:
-        files, views = viewset_files(folder), view_indices(folder)
-    except (ViewSetError, OSError):
-        return False  # the set's own run reports what is wrong with it
+def set_finished(folder: Path, out_dir: Path, workflow: dict, user: dict, images_only: bool) -> bool:
+    """Whether OUT_DIR/<set> holds every view of ``folder`` made with these parameters (the params hash run's
+    ``prepare`` records, from the same scan and digest), so the fleet passes the set over without shipping it. Should
+    the two ever differ, the set is only shipped again, and its run skips the finished views itself."""
     m = mf.load(out_dir)
     if not m.get("complete"):
         return False
-    params = mf.params_hash(workflow, user, files_hash(files))
-    return m.get("params_hash") == params and mf.done_views(m, out_dir, params) >= set(views)
+    try:
+        spec = check_set(folder, images_only)
+        params = mf.params_hash(workflow, user, files_digest(spec.files(), contents=True))
+    except (ViewSetError, OSError):
+        return False  # the set's own run reports what is wrong with it
+    return m.get("params_hash") == params and mf.done_views(m, out_dir, params) >= {v.index for v in spec.views}
 
 
 class FleetReport:
@@ -183,7 +185,7 @@ class FleetReport:
         self._saved, self._dirty = time.monotonic(), False
         data = {"format": FORMAT, **self.info, "updated": time.strftime("%Y-%m-%dT%H:%M:%S"),
                 "counts": self.counts(), "sets": dict(sorted(self.sets.items())), "servers": self.servers}
-        mf.write_atomic(self.path, (json.dumps(data, indent=1) + "\n").encode())
+        atomic_write_bytes(self.path, (json.dumps(data, indent=1) + "\n").encode())
 
 
 def throughput_line(label: str, s: dict) -> str:

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from glimpse.runner import fleet_plan as fp
 from glimpse.runner import manifest as mf
@@ -20,7 +21,8 @@ from glimpse.runner.embedded import free_port  # a port nothing listens on once 
 from glimpse.runner.fleet import Fleet, FleetOptions
 from glimpse.runner.fleet_actor import ServerWorker, pack_outputs, write_outputs
 from glimpse.runner.run import RunOptions
-from glimpse.runner.viewset import files_hash, viewset_files
+from glimpse.files import files_digest
+from glimpse.runner.viewset import check_set
 from glimpse.runner.workflow import load_workflow
 
 REPO = Path(__file__).resolve().parents[2]
@@ -30,11 +32,17 @@ WF = {"1": {"class_type": "LoadImage", "inputs": {"image": "a.png"}},
 
 
 def make_set(folder, views=2):
+    """A set of small real PNG views (a per-view workflow's scan reads the images only)."""
     folder.mkdir(parents=True)
     for i in range(views):
-        (folder / f"view_{i:02d}.png").write_bytes(bytes([i]) * 10)
+        Image.new("RGB", (8, 8), (40 * i, 90, 200)).save(folder / f"view_{i:02d}.png")
     (folder / "cameras.json").write_text(json.dumps({"views": [{}] * views}))
     return folder
+
+
+def inputs_digest(folder):
+    """The inputs hash run's prepare records for a set of a per-view workflow."""
+    return files_digest(check_set(folder, images_only=True).files(), contents=True)
 
 
 def test_source_opens_sets_in_name_order_and_passes_over_other_folders(tmp_path):
@@ -93,20 +101,21 @@ def test_set_finished_needs_every_view_with_the_same_params(tmp_path):
     out = tmp_path / "out" / "a"
     out.mkdir(parents=True)
     user = {"seed": 7}
-    params = mf.params_hash(WF, user, files_hash(viewset_files(folder)))
+    params = mf.params_hash(WF, user, inputs_digest(folder))
     m = mf.new({}, params, viewset=str(folder), inputs_hash="ih", workflow="wf", overrides=user, views=[0, 1],
                out_dir=out)
     for v in (0, 1):
         (out / f"view_{v:02d}.png").write_bytes(b"x")
         mf.record(m, v, params, [f"view_{v:02d}.png"])
     mf.save(m, out)
-    assert fp.set_finished(folder, out, WF, user)
-    assert not fp.set_finished(folder, out, WF, {"seed": 8}), "another seed reruns the set"
-    (folder / "view_01.png").write_bytes(b"changed")
-    assert not fp.set_finished(folder, out, WF, user), "changed inputs rerun the set"
-    (folder / "view_01.png").write_bytes(bytes([1]) * 10)
+    assert fp.set_finished(folder, out, WF, user, True)
+    assert not fp.set_finished(folder, out, WF, {"seed": 8}, True), "another seed reruns the set"
+    original = (folder / "view_01.png").read_bytes()
+    Image.new("RGB", (8, 8), (1, 2, 3)).save(folder / "view_01.png")
+    assert not fp.set_finished(folder, out, WF, user, True), "changed inputs rerun the set"
+    (folder / "view_01.png").write_bytes(original)
     (out / "view_00.png").unlink()
-    assert not fp.set_finished(folder, out, WF, user), "a lost output reruns the set"
+    assert not fp.set_finished(folder, out, WF, user, True), "a lost output reruns the set"
 
 
 def test_report_keeps_earlier_sets_and_counts_statuses(tmp_path):
@@ -147,7 +156,7 @@ def finish_views(folder, out_dir, wf, views):
     """OUT_DIR/<set> as run leaves it after ``views`` finished."""
     out_dir.mkdir(parents=True, exist_ok=True)
     user = {k: None for k in ("preset", "steps")}
-    params = mf.params_hash(load_workflow(wf), user, files_hash(viewset_files(folder)))
+    params = mf.params_hash(load_workflow(wf), user, inputs_digest(folder))
     m = mf.new({}, params, viewset=str(folder), inputs_hash="ih", workflow=str(wf), overrides={}, views=[0, 1, 2],
                out_dir=out_dir)
     for v in views:
@@ -176,10 +185,10 @@ def test_a_finished_set_travels_out_and_back_without_a_server(fleet_dirs):
     sets, out, wf = fleet_dirs
     finish_views(sets / "a", out / "a", wf, [0, 1, 2])
     f = driver(sets, out, wf)
-    assert fp.set_finished(sets / "a", out / "a", f.base, f.user), "the driver passes it over"
+    assert fp.set_finished(sets / "a", out / "a", f.base, f.user, f.images_only), "the driver passes it over"
     task = f.sched.next_for("server0")
     job = f.make_job(task, out / "a")
-    assert sorted(job["inputs"]) == ["cameras.json", "view_00.png", "view_01.png", "view_02.png"]
+    assert sorted(job["inputs"]) == ["view_00.png", "view_01.png", "view_02.png"], "what run's scan reads, only"
     assert sorted(job["outputs"]) == ["manifest.json", "view_00.png", "view_01.png", "view_02.png"]
     w = ServerWorker()
     w.url = f"http://127.0.0.1:{free_port()}"  # never contacted: nothing is left to run
