@@ -25,7 +25,7 @@ from pathlib import Path
 from ..files import atomic_write_bytes
 from . import manifest as mf
 from .client import ComfyClient, ServerUnreachable
-from .embedded import EmbeddedComfy
+from .embedded import PID_FILE, EmbeddedComfy, remove_stale_bases
 from .fleet_plan import attempt_outcome, run_error
 from .prepare import RunOptions
 from .run import run
@@ -61,6 +61,9 @@ def write_outputs(out_dir: Path, files: dict[str, bytes], manifest: dict | None,
         if isinstance(manifest.get("scores"), dict) and "set_dir" in manifest["scores"]:
             manifest["scores"] = {**manifest["scores"], "set_dir": str(set_dir), "views_dir": str(out_dir)}
         mf.save(manifest, out_dir)
+
+
+TMP_PREFIX = "glimpse-fleet-"
 
 
 class _Log(io.StringIO):
@@ -126,7 +129,9 @@ class ServerWorker:
         if job.get("shared"):
             set_dir, out_dir, workflow = (Path(job["shared"][k]) for k in ("viewset", "out", "workflow"))
         else:
-            self.tmp = Path(tempfile.mkdtemp(prefix="glimpse-fleet-"))
+            remove_stale_bases(prefix=TMP_PREFIX)  # of workers killed on this node before they could clean up
+            self.tmp = Path(tempfile.mkdtemp(prefix=TMP_PREFIX))
+            (self.tmp / PID_FILE).write_text(f"{os.getpid()}\n")
             set_dir, out_dir, workflow = self.tmp / "in" / job["name"], self.tmp / "out" / job["name"], \
                 self.tmp / "workflow.json"
             set_dir.mkdir(parents=True)

@@ -14,6 +14,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -227,6 +228,9 @@ def test_a_server_dying_mid_set_costs_only_its_unfinished_views(slow_sets, tmp_p
     if victim == "actor":
         assert "its actor died" in err
         assert not alive(server["comfy_pid"]), "the dead actor's ComfyUI went with it"
+        left = [d for d in Path(tempfile.gettempdir()).glob("glimpse-fleet-*")
+                if (d / "runner.pid").is_file() and (d / "runner.pid").read_text().strip() == str(server["pid"])]
+        assert not left, "the next set started on the node removed the dead worker's temporary folder"
     else:
         assert f"{label}: restarting its ComfyUI" in err
 
