@@ -1,7 +1,7 @@
 """The ``glimpse-enhance`` console command: one argparse parser with a subcommand per task.
 
-``run`` and ``loop`` drive ComfyUI over HTTP (``glimpse.runner``). Subcommand modules are imported only when their
-subcommand runs, so ``glimpse-enhance --help`` stays fast.
+``run`` and ``loop`` drive ComfyUI over HTTP (``glimpse.runner``); ``fleet`` drives many servers through Ray.
+Subcommand modules are imported only when their subcommand runs, so ``glimpse-enhance --help`` stays fast.
 """
 from __future__ import annotations
 
@@ -16,6 +16,11 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--server", dest="servers", action="extend", nargs="+", default=[], metavar="URL",
                    help="ComfyUI server(s) to use (repeatable); views are spread over them. Default: start an embedded "
                         "ComfyUI from $COMFYUI_PATH (or ~/ComfyUI) for this run")
+    _add_workflow_options(p)
+
+
+def _add_workflow_options(p: argparse.ArgumentParser) -> None:
+    """The workflow, its overrides and the execution options: the same for run, loop and fleet."""
     p.add_argument("--workflow", default=None, metavar="NAME|FILE",
                    help="bundled API workflow name (t4, speed, quality -> workflows/api/glimpse_enhance_<NAME>.json) "
                         "or an API-format .json file. Default: t4")
@@ -68,6 +73,30 @@ def build_parser() -> argparse.ArgumentParser:
     loop_p.add_argument("--work", type=Path, metavar="WORK_DIR",
                         help="where round_<r>/ folders go (default: <VIEWSET_DIR>_loop beside the set)")
 
+    fleet_p = sub.add_parser("fleet", help="many view sets over many ComfyUI servers on Ray (resumable)",
+                             description="Enhance every view set of SETS_DIR with one Ray actor per ComfyUI server; "
+                                         "a set runs end to end on one server as `run` runs it. Needs the fleet extra: "
+                                         "pip install 'glimpse-enhance[fleet]'. Ctrl-C keeps finished views; the same "
+                                         "command resumes.")
+    fleet_p.add_argument("viewset", metavar="SETS_DIR", type=Path, help="a folder of view set folders")
+    fleet_p.add_argument("--out", required=True, type=Path, metavar="OUT_DIR",
+                         help="OUT_DIR/<set>/ as run writes it, and OUT_DIR/fleet.json")
+    r = fleet_p.add_argument_group("Ray")
+    r.add_argument("--address", metavar="auto|local|ray://HOST:PORT",
+                   help="the Ray cluster (default: $RAY_ADDRESS, else a new local Ray on this machine)")
+    r.add_argument("--gpus-per-server", type=float, metavar="G",
+                   help="GPUs each server's actor holds (default: 1 when the cluster has GPUs, else 0)")
+    r.add_argument("--servers-per-node", type=int, metavar="N",
+                   help="servers started on each node (default: the node's GPUs / --gpus-per-server, else 1)")
+    r.add_argument("--attach", metavar="URL",
+                   help="use the ComfyUI already running at URL on each node instead of starting one")
+    r.add_argument("--shared-fs", action="store_true",
+                   help="SETS_DIR, OUT_DIR and the workflow are at the same paths on every node: actors read and "
+                        "write them directly (default: files travel through Ray and the driver writes OUT_DIR)")
+    r.add_argument("--retries", type=int, default=2, metavar="N",
+                   help="times a set lost with its server (actor, ComfyUI or node died) is retried (default 2)")
+    _add_workflow_options(fleet_p)
+
     from .score import add_parser as add_score_parser  # light: no torch work at import
 
     add_score_parser(sub)
@@ -77,7 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
 def run_options(args: argparse.Namespace):
     from .runner.prepare import USER_OPTIONS, RunOptions
 
-    return RunOptions(viewset=args.viewset, out=getattr(args, "out", None), servers=args.servers,
+    return RunOptions(viewset=args.viewset, out=getattr(args, "out", None), servers=getattr(args, "servers", []),
                       workflow=args.workflow, overrides={k: getattr(args, k) for k in USER_OPTIONS},
                       chunk=args.chunk, models_dir=args.models_dir, cpu=args.cpu, comfy_args=args.comfy_args,
                       tty=False if args.plain else None)
@@ -93,6 +122,11 @@ def main(argv: list[str] | None = None) -> int:
         from .runner.loop import loop
 
         return loop(run_options(args), args.rounds, args.refit_cmd, args.render_cmd, args.work)
+    if args.command == "fleet":
+        from .runner.fleet import FleetOptions, fleet
+
+        return fleet(FleetOptions(run_options(args), args.address, args.gpus_per_server, args.servers_per_node,
+                                  args.attach, args.shared_fs, args.retries))
     if args.command == "score":
         from .score import main as score_main
 

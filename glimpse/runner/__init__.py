@@ -18,4 +18,6 @@ library never imports the runner, and nothing the runner needs before a server s
 * ``progress``: the stderr progress line (views done/total, s/view, ETA).
 * ``run``: one run over one set or a folder of sets, chunked, resumable, spread over servers.
 * ``loop``: rounds of enhance -> refit -> render with the user's commands.
+* ``fleet``: many sets over many servers on Ray (the optional ``fleet`` extra; nothing else imports Ray), with
+  ``fleet_plan`` (which set goes where, retries, fleet.json) and ``fleet_actor`` (one server running ``run`` per set).
 """

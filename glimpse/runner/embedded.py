@@ -87,10 +87,11 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def remove_stale_bases(tmp: Path | None = None) -> list[Path]:
-    """Remove the temporary folders of embedded servers whose runner is gone (killed before it could clean up)."""
+def remove_stale_bases(tmp: Path | None = None, prefix: str = BASE_PREFIX) -> list[Path]:
+    """Remove the temporary folders (named ``prefix``..., holding PID_FILE) of embedded servers, or of fleet workers,
+    whose process is gone (killed before it could clean up)."""
     removed = []
-    for base in Path(tmp or tempfile.gettempdir()).glob(BASE_PREFIX + "*"):
+    for base in Path(tmp or tempfile.gettempdir()).glob(prefix + "*"):
         try:
             pid = int((base / PID_FILE).read_text().strip())
         except (OSError, ValueError):

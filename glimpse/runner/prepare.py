@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import threading
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -48,6 +49,7 @@ class RunOptions:
     comfy_args: list[str] = field(default_factory=list)
     stream: object = None
     tty: bool | None = None
+    stop: threading.Event | None = None  # set from another thread: stops the run as Ctrl-C does (exit 130)
 
 
 @dataclass

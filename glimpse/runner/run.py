@@ -72,7 +72,7 @@ class Runner:
         self.opts = opts
         self.out = Path(opts.out)
         self.timing = Timing()
-        self.stop = threading.Event()
+        self.stop = opts.stop or threading.Event()
         self.fatal: list[BaseException] = []
         self.progress: Progress | None = None
         self.plan = prepare(opts)  # RunError (exit 2) on bad input, before any server
@@ -243,6 +243,8 @@ class Runner:
         if self.fatal:
             e = self.fatal[0]
             raise RunError(str(e), getattr(e, "code", 1))
+        if self.stop.is_set():  # set by the caller (opts.stop): the workers set it only with a fatal error
+            raise KeyboardInterrupt
         if not work.empty():
             raise RunError("every server was lost before the run finished")
 
