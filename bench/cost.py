@@ -312,6 +312,9 @@ def run(resolution: int = 1024, configs=tuple(CONFIGS), host_s_per_view: float =
                            "tflop_by_phase": {k: w.flop / 1e12 for k, w in work.items()},
                            "work_by_phase": {k: w.as_dict() for k, w in work.items()}}
         entry["flop_ratio"] = entry["ours"]["tflop_per_view"] / entry["baseline"]["tflop_per_view"]
+        entry["flop_ratio_without_cross_view"] = ((entry["ours"]["tflop_per_view"]
+                                                   - entry["ours"]["tflop_by_phase"].get("cross_view", 0.0))
+                                                  / entry["baseline"]["tflop_per_view"])
         for key in CARDS:
             chunks = {}
             for chunk in (1, 2, 4):
