@@ -103,6 +103,8 @@ class CrossViewPatch:
         m = k.shape[1] // t - 1
         own_k, own_v = k[:, :t], v[:, :t]
         own = attention(q, own_k, own_v, heads)
+        if m == 0:  # a set's only anchor has no other anchor to attend to
+            return own
         refs = [(k[:, t * (j + 1):t * (j + 2)], v[:, t * (j + 1):t * (j + 2)]) for j in range(m)]
         rows_extended = p.extended_rows.repeat(q.shape[0] // len(p.views)).to(q.device)
         if p.mode == "extended" or bool(rows_extended.all()):
