@@ -55,24 +55,6 @@ from .work import Work, WorkCounter
 BACKGROUNDS = ("#808080", "#7f7f7f")
 
 
-class _Sink:
-    """Where the executor sends its UI messages: nowhere (no websocket clients in this process)."""
-
-    client_id = None
-    last_node_id = None
-    last_prompt_id = None
-    sockets_metadata: dict = {}
-
-    def send_sync(self, *args, **kwargs):
-        pass
-
-    def send_progress_text(self, *args, **kwargs):
-        pass
-
-    def queue_updated(self, *args, **kwargs):
-        pass
-
-
 def adapt(workflow: dict, settings, set_dir: Path, views: int, resolution: int,
           subfolder: str) -> tuple[dict, list[str]]:
     """The workflow on this view set at this resolution; returns it and a line per change made."""
@@ -183,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     workflow, source = load_workflow(args.config)
     settings = settings_of(workflow, args.config)
     sys.path.insert(0, str(REPO))
-    from tests.comfy.comfy_process import make_base_dir, start_in_process
+    from tests.comfy.comfy_process import SilentServer, make_base_dir, start_in_process
 
     tmp = Path(tempfile.mkdtemp(prefix="glimpse-bench-ours-"))
     base = make_base_dir(tmp / "comfy")
@@ -245,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
                                                                               comfy_model_base.BaseModel.apply_model))
     for cls in (comfy_controlnet.ControlNet, comfy_controlnet.T2IAdapter):
         cls.get_control = counter.wrap("controlnet", inner.wrap("controlnet", cls.get_control))
-    executor = execution.PromptExecutor(_Sink(), cache_type=execution.CacheType.CLASSIC)
+    executor = execution.PromptExecutor(SilentServer(), cache_type=execution.CacheType.CLASSIC)
 
     wf, changes = adapt(workflow, settings, args.set.resolve(), args.views, args.resolution, f"bench_{args.config}")
     seeds = _seed_nodes(wf)

@@ -18,6 +18,25 @@ REPO = Path(__file__).resolve().parents[2]
 PACK_NAME = "glimpse-enhance"
 
 
+class SilentServer:
+    """The ``server`` a PromptExecutor in this process reports to: its UI messages go nowhere (no websocket
+    clients here)."""
+
+    client_id = None
+    last_node_id = None
+    last_prompt_id = None
+    sockets_metadata: dict = {}
+
+    def send_sync(self, *args, **kwargs):
+        pass
+
+    def send_progress_text(self, *args, **kwargs):
+        pass
+
+    def queue_updated(self, *args, **kwargs):
+        pass
+
+
 def comfyui_path() -> Path | None:
     """ComfyUI's folder from ``COMFYUI_PATH``, or None when it is unset or has no main.py."""
     p = os.environ.get("COMFYUI_PATH")

@@ -20,22 +20,6 @@ FOX = REPO / "samples" / "fox"
 LORA = "loras/sdxl_lightning_4step_lora.safetensors"
 
 
-class _Sink:
-    client_id = None
-    last_node_id = None
-    last_prompt_id = None
-    sockets_metadata: dict = {}
-
-    def send_sync(self, *args, **kwargs):
-        pass
-
-    def send_progress_text(self, *args, **kwargs):
-        pass
-
-    def queue_updated(self, *args, **kwargs):
-        pass
-
-
 class Runner:
     """Queues API prompts on one PromptExecutor (so ComfyUI's cache and our record store behave as on a server)."""
 
@@ -43,7 +27,8 @@ class Runner:
         import execution
 
         self.execution = execution
-        self.executor = execution.PromptExecutor(_Sink(), cache_type=execution.CacheType.CLASSIC)
+        server = sys.modules["glimpse_tests_comfy_process"].SilentServer()  # tests/comfy/comfy_process.py
+        self.executor = execution.PromptExecutor(server, cache_type=execution.CacheType.CLASSIC)
         self.comfy = comfy
 
     def run(self, prompt: dict) -> dict:
