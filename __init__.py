@@ -1,4 +1,5 @@
-"""Glimpse Enhance: a ComfyUI node pack that refines renders of a coarse 3D reconstruction into sharp, consistent views."""
+"""Glimpse Enhance: a ComfyUI node pack that refines renders of a coarse 3D reconstruction into sharp, consistent
+views."""
 
 
 async def comfy_entrypoint():

@@ -48,7 +48,8 @@ def _models(args) -> tuple[Path, str]:
     t = time.perf_counter()
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
     if proc.returncode:
-        raise SystemExit(f"building the {size} fixtures failed ({' '.join(cmd)}):\n{(proc.stdout + proc.stderr)[-4000:]}")
+        tail = (proc.stdout + proc.stderr)[-4000:]
+        raise SystemExit(f"building the {size} fixtures failed ({' '.join(cmd)}):\n{tail}")
     logging.info("fixtures (%s) ready in %s in %.0f s", size, d, time.perf_counter() - t)
     return d, f"{size} fixtures built/linked in {time.perf_counter() - t:.0f} s"
 
@@ -173,7 +174,8 @@ def markdown(result: dict) -> str:
         if o:
             views = c["ours"]["views"]
             detail = f" (UNet {d['unet'] / views:.3f}, CN {d['controlnet'] / views:.3f})" if d else ""
-            lines.append(f"| {name} | ours | {o['vae_encode']:.3f} | {o['sampling']:.3f}{detail} | {o['vae_decode']:.3f} | "
+            lines.append(f"| {name} | ours | {o['vae_encode']:.3f} | {o['sampling']:.3f}{detail} | "
+                         f"{o['vae_decode']:.3f} | "
                          f"{o['ours']:.3f} | {o['text_encode']:.3f} | {o['other'] + o['loaders']:.3f} |")
         s = c.get("baseline", {}).get("split_per_view_s")
         if s:
@@ -203,7 +205,8 @@ def _work_tables(result: dict) -> list[str]:
     b, configs = result["bench"], result["configs"]
     lines = ["", f"Executed work per view, TFLOP, counted on these runs ({b['resolution']} px, "
                  f"{'full-size' if b['device'] == 'cuda' else 'Vega-size'} UNet):", "",
-             "| config | side | VAE encode | UNet | ControlNet | VAE decode | our nodes | other | total | ours/baseline |",
+             "| config | side | VAE encode | UNet | ControlNet | VAE decode | our nodes | other | total "
+             "| ours/baseline |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for name, c in configs.items():
         for side in ("ours", "baseline"):

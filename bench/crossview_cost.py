@@ -52,7 +52,8 @@ def step_work(mode: str, neighbours: int, resolution: int, window: int = 1) -> t
                 local_own = local_attention(q, q, q, index, mask, heads)
                 delta = torch.zeros_like(own)
                 for kj, vj in refs:
-                    delta.addcmul_(mask[..., :1].to(own.dtype), local_attention(q, kj, vj, index, mask, heads) - local_own)
+                    local = local_attention(q, kj, vj, index, mask, heads)
+                    delta.addcmul_(mask[..., :1].to(own.dtype), local - local_own)
                 own.addcmul(delta, torch.empty(1, t, 1, **meta))
     return counter.total(), tuple(counter.ops["other"])
 

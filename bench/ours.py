@@ -140,7 +140,8 @@ def work_summary(counter: WorkCounter, views: int, unet_calls: int, controlnet_c
         "tflop_by_phase": {p: w.flop / 1e12 for p, w in per_view.items()},
         "work_by_phase_per_view": {p: w.as_dict() for p, w in per_view.items()},
         "unet_tflop_per_call": by_phase["unet"].flop / unet_calls / 1e12 if unet_calls else None,
-        "controlnet_tflop_per_call": by_phase["controlnet"].flop / controlnet_calls / 1e12 if controlnet_calls else None,
+        "controlnet_tflop_per_call": (by_phase["controlnet"].flop / controlnet_calls / 1e12 if controlnet_calls
+                                      else None),
         # our nodes' FLOPs plus element writes, against everything's: the share of executed work that is ours
         "ours_work_share": (by_phase["ours"].flop + by_phase["ours"].elems) / max(1, total.flop + total.elems),
     }
@@ -312,7 +313,8 @@ def main(argv: list[str] | None = None) -> int:
         "s_per_view": wall / args.views,
         "split_s": parts,
         "split_per_view_s": {k: v / args.views for k, v in parts.items()},
-        "sampling_detail_s": {"unet": pick["inner"].get("unet", 0.0), "controlnet": pick["inner"].get("controlnet", 0.0)},
+        "sampling_detail_s": {"unet": pick["inner"].get("unet", 0.0),
+                              "controlnet": pick["inner"].get("controlnet", 0.0)},
         "unet_calls": pick["inner_calls"].get("unet", 0),
         "sampler_calls": pick["calls"].get("SamplerCustomAdvanced", 0) + pick["calls"].get("KSamplerAdvanced", 0),
         "nodes_s": node_split,

@@ -192,7 +192,8 @@ def align_monocular(pred_inverse: torch.Tensor, depth: DepthMaps | None = None, 
             count = int(valid[i].sum())
             if count >= min_pixels:
                 s, b = fit_scale_shift(d[i][valid[i]], target[i][valid[i]])
-                notes.append(f"view_{i:02d}: aligned to renderer depth on {count} pixels (scale {s:.4g}, shift {b:.4g})")
+                notes.append(f"view_{i:02d}: aligned to renderer depth on {count} pixels (scale {s:.4g}, "
+                             f"shift {b:.4g})")
             else:
                 s, b = pooled
                 notes.append(f"view_{i:02d}: {count} renderer depth pixels; used the set-wide fit")

@@ -1,8 +1,8 @@
 """Exact box filters, erosion and feathering of per-view masks ([N,H,W]), vectorised with integral sums.
 
-All counts are integers, accumulated in a float type that holds them exactly, so a window that is entirely inside a mask gives exactly 1.0 and one that is
-entirely outside exactly 0.0: a feathered weight is never 0.99999994 where it should be 1. Image borders are treated
-as replicated (the frame edge is not a boundary of the mask).
+All counts are integers, accumulated in a float type that holds them exactly, so a window that is entirely inside a mask
+gives exactly 1.0 and one that is entirely outside exactly 0.0: a feathered weight is never 0.99999994 where it should
+be 1. Image borders are treated as replicated (the frame edge is not a boundary of the mask).
 """
 from __future__ import annotations
 

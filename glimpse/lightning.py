@@ -7,13 +7,13 @@ end_at_step=N`` (add_noise enabled, euler, sgm_uniform, cfg 1.0); with SamplerCu
 sgm_uniform sigmas sliced ``[k:]`` (``executed + 1`` values ending in 0). KSampler's ``denoise`` is never used: it
 builds a longer schedule and keeps its tail, which moves the timesteps off the grid the model was trained on.
 
-The grid (restated in ``tests/fixtures/sigmas.py`` and checked there against ComfyUI) is what ComfyUI's
-``sgm_uniform`` computes from a discrete model's sigma table: timesteps ``linspace(t(sigma_max), t(sigma_min), N + 1)[:-1]`` (999, 749.25, 499.5,
-249.75 for N=4 on a 1000-step table), each turned into a sigma by linear interpolation of log-sigma between the two
-neighbouring table entries, then a final 0. ByteDance's reference ("trailing" spacing) uses the integer timesteps
-999, 749, 499, 249; the fractional offset changes sigma by well under 1 % and ComfyUI's scheduler is what users run,
-so ComfyUI's grid is the reference here. The node itself asks ComfyUI for the sigmas; this module holds the rule
-(plain Python: the runner checks ``--steps`` with it without importing torch).
+The grid (restated in ``tests/fixtures/sigmas.py`` and checked there against ComfyUI) is what ComfyUI's ``sgm_uniform``
+computes from a discrete model's sigma table: timesteps ``linspace(t(sigma_max), t(sigma_min), N + 1)[:-1]`` (999,
+749.25, 499.5, 249.75 for N=4 on a 1000-step table), each turned into a sigma by linear interpolation of log-sigma
+between the two neighbouring table entries, then a final 0. ByteDance's reference ("trailing" spacing) uses the integer
+timesteps 999, 749, 499, 249; the fractional offset changes sigma by well under 1 % and ComfyUI's scheduler is what
+users run, so ComfyUI's grid is the reference here. The node itself asks ComfyUI for the sigmas; this module holds the
+rule (plain Python: the runner checks ``--steps`` with it without importing torch).
 """
 from __future__ import annotations
 
@@ -113,7 +113,8 @@ def resolve_steps(filename: str | None, requested: int | None, source: str = "st
     n = check_steps(requested)
     if named is not None and named != n:
         raise ValueError(f"{source} {n} contradicts {filename}, a {named}-step Lightning file: an N-step distillation "
-                         f"only works on its own N-step grid; set steps to {named} (or auto), or load the {n}-step file")
+                         f"only works on its own N-step grid; set steps to {named} (or auto), or load the {n}-step "
+                         "file")
     return n
 
 

@@ -129,7 +129,8 @@ def parse_user_templates(data: bytes, source: str) -> dict[str, Template]:
     try:
         doc = json.loads(text)
     except json.JSONDecodeError as e:
-        raise ValueError(f"user template file {source} is not valid JSON: {e.msg} at line {e.lineno} column {e.colno}") \
+        raise ValueError(f"user template file {source} is not valid JSON: {e.msg} at line {e.lineno} column "
+                         f"{e.colno}") \
             from None
     if not isinstance(doc, dict) or not isinstance(doc.get("templates"), dict):
         raise ValueError(

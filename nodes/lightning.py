@@ -156,7 +156,8 @@ class LightningLoader(io.ComfyNode):
             display_name="Lightning Loader (Glimpse)",
             category="Glimpse",
             description="SDXL base + SDXL-Lightning (LoRA, full UNet, or an all-in-one checkpoint) for img2img on the "
-                        "distilled N-step grid: strength s runs the last max(1, round(N*s)) of the N sgm_uniform steps. "
+                        "distilled N-step grid: strength s runs the last max(1, round(N*s)) of the N sgm_uniform "
+                        "steps. "
                         "Use SIGMAS with SamplerCustomAdvanced (euler, cfg 1.0), or KSamplerAdvanced with steps = N, "
                         "start_at_step = k, end_at_step = N, euler, sgm_uniform, cfg 1.0. Loads through core loader "
                         "nodes, so models are cached and offloaded by ComfyUI; files are checked to be SDXL-shaped "

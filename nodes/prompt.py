@@ -125,8 +125,8 @@ class GlimpsePrompt(io.ComfyNode):
                 io.Clip.Input("clip", tooltip="The CLIP text encoder of the checkpoint used for refining."),
                 io.Combo.Input(
                     "template", options=[*BUILTIN_TEMPLATES, *_user_template_names()], default="default",
-                    tooltip="Prompt template: a positive prompt with a {subject} slot and a negative prompt. Names from "
-                            "the selected user template file replace built-in ones of the same name."),
+                    tooltip="Prompt template: a positive prompt with a {subject} slot and a negative prompt. Names "
+                            "from the selected user template file replace built-in ones of the same name."),
                 io.String.Input(
                     "subject", default="",
                     tooltip="What the object is, e.g. 'a low-poly red fox'. Fills {subject}; may be empty."),

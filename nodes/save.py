@@ -1,4 +1,5 @@
-"""SaveViewSet: the enhanced views, their confidences, cameras and an auditable manifest under ComfyUI's output folder."""
+"""SaveViewSet: the enhanced views, their confidences, cameras and an auditable manifest under ComfyUI's output
+folder."""
 from __future__ import annotations
 
 import json

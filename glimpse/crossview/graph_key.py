@@ -1,10 +1,10 @@
 """What an anchor record is valid for: the part of the prompt that the sampler depends on.
 
-The runner queues one prompt per chunk of views, changing only LoadViewSet's ``views`` (and the output subfolder,
-which no sampler reads). So the record made while the anchors were sampled is valid for a later prompt exactly when the
-ancestors of the sampler that uses the cross-view model (model files, prompt text, seed, strength, ControlNet, view
-set) are the same apart from the selection and the chunk size. Works on API-format prompts ({id: {class_type, inputs}}, links are
-[node id, output slot]).
+The runner queues one prompt per chunk of views, changing only LoadViewSet's ``views`` (and the output subfolder, which
+no sampler reads). So the record made while the anchors were sampled is valid for a later prompt exactly when the
+ancestors of the sampler that uses the cross-view model (model files, prompt text, seed, strength, ControlNet, view set)
+are the same apart from the selection and the chunk size. Works on API-format prompts ({id: {class_type, inputs}}, links
+are [node id, output slot]).
 """
 from __future__ import annotations
 

@@ -7,13 +7,13 @@ Started from ``$COMFYUI_PATH`` (default ``~/ComfyUI``) as a subprocess of the sa
 
 with this pack linked into ``<tmp>/custom_nodes`` and, in the yaml, ``--models-dir DIR`` (a folder in ComfyUI's model
 layout: checkpoints/, loras/, diffusion_models/, controlnet/, depth_estimators/) followed by ``$COMFYUI_PATH/models``
-(whose place --base-directory would otherwise hide); ComfyUI's own extra_model_paths.yaml is passed on as well. ``--cpu`` is added when
-torch sees no CUDA/MPS device. The server runs in its own session so the terminal's Ctrl-C reaches only the runner,
-which stops it (terminate, then kill after 10 s) and removes ``<tmp>`` (the uploaded inputs and the server-side
-outputs with it) on success, error, Ctrl-C and SIGTERM; on Linux the server also gets SIGTERM when the runner dies
-without cleaning up (SIGKILL), so no ComfyUI is left behind. ``<tmp>`` is ``glimpse-comfy-*`` in the system's
-temporary folder, named in the run's log, with the runner's pid in ``<tmp>/runner.pid``: the folder of a runner that
-was killed is removed by the next embedded start. Its log goes to ``<tmp>/comfyui.log``; when it fails to start the
+(whose place --base-directory would otherwise hide); ComfyUI's own extra_model_paths.yaml is passed on as well.
+``--cpu`` is added when torch sees no CUDA/MPS device. The server runs in its own session so the terminal's Ctrl-C
+reaches only the runner, which stops it (terminate, then kill after 10 s) and removes ``<tmp>`` (the uploaded inputs and
+the server-side outputs with it) on success, error, Ctrl-C and SIGTERM; on Linux the server also gets SIGTERM when the
+runner dies without cleaning up (SIGKILL), so no ComfyUI is left behind. ``<tmp>`` is ``glimpse-comfy-*`` in the
+system's temporary folder, named in the run's log, with the runner's pid in ``<tmp>/runner.pid``: the folder of a runner
+that was killed is removed by the next embedded start. Its log goes to ``<tmp>/comfyui.log``; when it fails to start the
 log's tail is in the error. ``GLIMPSE_KEEP_EMBEDDED=1`` keeps ``<tmp>`` for inspection.
 """
 from __future__ import annotations

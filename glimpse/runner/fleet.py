@@ -153,7 +153,8 @@ class Fleet:
             job["shared"] = {"viewset": str(task.folder.resolve()), "out": str(out_dir.resolve()),
                              "workflow": str(self.workflow_path.resolve())}
         else:
-            job.update(inputs=pack_inputs(task.folder, self.images_only), outputs=pack_outputs(out_dir), workflow_text=self.workflow_text)
+            job.update(inputs=pack_inputs(task.folder, self.images_only), outputs=pack_outputs(out_dir),
+                       workflow_text=self.workflow_text)
         return job
 
     def _count_views(self, s: Server, manifest: dict) -> None:

@@ -88,7 +88,8 @@ def _loop(opts: RunOptions, rounds: int, refit_cmd: str, render_cmd: str, work_d
         views_dir = viewset
         for rnd in range(1, rounds + 1):
             round_dir = work / f"round_{rnd}"
-            values = {"round": rnd, "views_dir": views_dir.resolve(), "enhanced_dir": (round_dir / "enhanced").resolve(),
+            values = {"round": rnd, "views_dir": views_dir.resolve(),
+                      "enhanced_dir": (round_dir / "enhanced").resolve(),
                       "render_dir": (round_dir / "render").resolve(), "round_dir": round_dir.resolve(),
                       "work_dir": work.resolve()}
             record = {"round": rnd, "views_dir": str(values["views_dir"]), "refit_cmd": refit_cmd,

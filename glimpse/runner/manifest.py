@@ -4,9 +4,9 @@ A view counts as done when the manifest records it with the current **params has
 the user's overrides and the input set's content hash) and every file it lists exists in OUT_DIR. Any change to the
 workflow, an override or an input file therefore reruns every view; a deleted output reruns that view only.
 
-The manifest is rewritten atomically (:func:`glimpse.files.atomic_write_bytes`) after every finished chunk, so a run killed at any
-moment (Ctrl-C, SIGKILL, server death) leaves a manifest that matches the files on disk; ``missing_views`` lists the
-views still to do and ``complete`` says whether the set is finished.
+The manifest is rewritten atomically (:func:`glimpse.files.atomic_write_bytes`) after every finished chunk, so a run
+killed at any moment (Ctrl-C, SIGKILL, server death) leaves a manifest that matches the files on disk; ``missing_views``
+lists the views still to do and ``complete`` says whether the set is finished.
 """
 from __future__ import annotations
 

@@ -40,7 +40,8 @@ class Progress:
         spv = self.seconds_per_view()
         eta = spv * (self.total - self.done) if spv is not None else None
         spv_s = f"{spv:.1f} s/view" if spv is not None else "- s/view"
-        return (f"views {self.done}/{self.total}  {spv_s}  ETA {_fmt_s(eta)}  elapsed {_fmt_s(time.monotonic() - self.t0)}"
+        elapsed = _fmt_s(time.monotonic() - self.t0)
+        return (f"views {self.done}/{self.total}  {spv_s}  ETA {_fmt_s(eta)}  elapsed {elapsed}"
                 + (f"  [{self.step}]" if self.step else ""))
 
     def _draw(self) -> None:

@@ -52,7 +52,8 @@ HERE = Path(__file__).resolve().parent
 
 
 def _load_comfy_process():
-    """tests/comfy/comfy_process.py (the plain functions, shared with bench/), loaded by path: this folder is no package."""
+    """tests/comfy/comfy_process.py (the plain functions, shared with bench/), loaded by path: this folder is no
+    package."""
     name = "glimpse_tests_comfy_process"
     if name not in sys.modules:
         spec = importlib.util.spec_from_file_location(name, HERE / "comfy_process.py")
@@ -144,7 +145,8 @@ TIMINGS: dict[str, float] = {}
 
 def pytest_terminal_summary(terminalreporter):
     if TIMINGS:
-        terminalreporter.write_line("ComfyUI harness timings: " + ", ".join(f"{k} {v:.1f} s" for k, v in TIMINGS.items()))
+        timings = ", ".join(f"{k} {v:.1f} s" for k, v in TIMINGS.items())
+        terminalreporter.write_line(f"ComfyUI harness timings: {timings}")
 
 
 def comfy_flags(base_dir: Path) -> list[str]:
@@ -367,7 +369,8 @@ class PromptError(RuntimeError):
     def __init__(self, body: dict):
         self.body = body
         self.node_errors = body.get("node_errors", {})
-        lines = [f"{body.get('error', {}).get('message', 'prompt rejected')}: {body.get('error', {}).get('details', '')}"]
+        error = body.get("error", {})
+        lines = [f"{error.get('message', 'prompt rejected')}: {error.get('details', '')}"]
         for node_id, err in self.node_errors.items():
             for e in err.get("errors", []):
                 lines.append(f"node {node_id} ({err.get('class_type')}): {e.get('message')}: {e.get('details')}")

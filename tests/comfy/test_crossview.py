@@ -232,7 +232,8 @@ def test_bad_input_is_named(runner, tmp_path):
     with pytest.raises(RuntimeError, match="recorded with another sampling graph .*LightningLoader.lightning_file: "
                                            "'loras/sdxl_lightning_4step_lora.safetensors' -> "
                                            "'diffusion_models/sdxl_lightning_4step_unet.safetensors'"):
-        runner.run(graph(FOX, anchors="0,8", views="1-2", lora="diffusion_models/sdxl_lightning_4step_unet.safetensors"))
+        runner.run(graph(FOX, anchors="0,8", views="1-2",
+                         lora="diffusion_models/sdxl_lightning_4step_unet.safetensors"))
 
 
 def test_correspondence_without_depth_falls_back_to_extended_and_says_so(runner, comfy, tmp_path):

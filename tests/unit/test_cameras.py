@@ -91,7 +91,8 @@ def test_views_given_at_another_size_are_rescaled_to_the_first():
 ])
 def test_malformed_camera_files_name_the_view(tmp_path, mutate, message):
     cams = orbit_cameras(16)
-    data = {"views": [{"index": i, "K": cams.intrinsics[i].tolist(), "world_to_camera": cams.world_to_camera[i].tolist(),
+    data = {"views": [{"index": i, "K": cams.intrinsics[i].tolist(),
+                       "world_to_camera": cams.world_to_camera[i].tolist(),
                        "image_size": [256, 256]} for i in range(16)]}
     mutate(data)
     path = tmp_path / "cameras.json"

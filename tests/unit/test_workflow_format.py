@@ -39,7 +39,8 @@ TXT2IMG = {
           "_meta": {"title": "Positive"}},
     "7": {"inputs": {"text": "text, watermark", "clip": ["4", 1]}, "class_type": "CLIPTextEncode",
           "_meta": {"title": "CLIP Text Encode (Prompt)"}},
-    "8": {"inputs": {"samples": ["3", 0], "vae": ["4", 2]}, "class_type": "VAEDecode", "_meta": {"title": "VAE Decode"}},
+    "8": {"inputs": {"samples": ["3", 0], "vae": ["4", 2]}, "class_type": "VAEDecode",
+          "_meta": {"title": "VAE Decode"}},
     "9": {"inputs": {"filename_prefix": "ComfyUI", "images": ["8", 0]}, "class_type": "SaveImage",
           "_meta": {"title": "Save Image"}},
 }
