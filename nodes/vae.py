@@ -152,9 +152,9 @@ def _inputs() -> list[io.Input]:
 class GlimpseVAEEncode(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
-        return _schema("GlimpseVAEEncode", "Encode",
-                       io.Image.Input("pixels", tooltip="The views to encode (IMAGE, e.g. LoadViewSet images)."),
-                       io.Latent.Output(display_name="LATENT", tooltip="The views' latents."))
+        return _schema(node_id="GlimpseVAEEncode", what="Encode",
+                       first=io.Image.Input("pixels", tooltip="The views to encode (IMAGE, e.g. LoadViewSet images)."),
+                       output=io.Latent.Output(display_name="LATENT", tooltip="The views' latents."))
 
     @classmethod
     def execute(cls, pixels: torch.Tensor, vae, settings=None, tiled: bool = False, tile_size: int = DEFAULT_TILE,
@@ -167,9 +167,9 @@ class GlimpseVAEEncode(io.ComfyNode):
 class GlimpseVAEDecode(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
-        return _schema("GlimpseVAEDecode", "Decode",
-                       io.Latent.Input("samples", tooltip="The latents to decode (e.g. from the sampler)."),
-                       io.Image.Output(display_name="IMAGE", tooltip="The decoded views, 0..1."))
+        return _schema(node_id="GlimpseVAEDecode", what="Decode",
+                       first=io.Latent.Input("samples", tooltip="The latents to decode (e.g. from the sampler)."),
+                       output=io.Image.Output(display_name="IMAGE", tooltip="The decoded views, 0..1."))
 
     @classmethod
     def execute(cls, samples: dict, vae, settings=None, tiled: bool = False, tile_size: int = DEFAULT_TILE,

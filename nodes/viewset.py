@@ -80,13 +80,14 @@ class LoadViewSet(io.ComfyNode):
                     tooltip="Scene units per count of 16-bit PNG depth maps; 0 takes 'depth_png_scale' from "
                             "cameras.json. Unused for other depth formats."),
                 io.String.Input(
-                    "anchors", default="auto",
+                    "anchors", default="auto", optional=True,
                     tooltip="The set's anchor views for Cross-View Attention: 'auto' (anchor_count views spread over "
                             "the cameras' directions), 'none', or set indices such as '0,4,8,12'. The selected "
                             "anchors come out first, as one chunk of their own (they are sampled together); the "
-                            "other views follow in chunks. Connected settings with cross_view off mean none."),
+                            "other views follow in chunks. Connected settings with cross_view off mean none. An API "
+                            "prompt without this input (one written before anchors existed) gets 'none'."),
                 io.Int.Input(
-                    "anchor_count", default=DEFAULT_ANCHOR_COUNT, min=1, max=64,
+                    "anchor_count", default=DEFAULT_ANCHOR_COUNT, min=1, max=64, optional=True,
                     tooltip="How many anchors 'auto' picks. More anchors cover more of the object but the anchor "
                             "chunk samples them in one batch (memory grows with it). Ignored when settings are "
                             "connected (their anchor_count is used)."),
@@ -140,7 +141,7 @@ class LoadViewSet(io.ComfyNode):
 
     @classmethod
     def execute(cls, path: str, views: str = "all", background: str = "#808080", resolution: int = 1024,
-                views_per_chunk: int = 4, strip_views: int = 0, depth_png_scale: float = 0.0, anchors: str = "auto",
+                views_per_chunk: int = 4, strip_views: int = 0, depth_png_scale: float = 0.0, anchors: str = "none",
                 anchor_count: int = DEFAULT_ANCHOR_COUNT, settings: SettingsValue | None = None) -> io.NodeOutput:
         if settings is not None:
             resolution, views_per_chunk = settings.resolution, settings.views_per_chunk

@@ -125,7 +125,7 @@ def cross_view_anchors(workflow: dict, spec) -> list[int]:
     if mode == "off" or attention[0].get("weight") == 0:
         return []
     count = load[0].get("anchor_count", DEFAULT_ANCHOR_COUNT)
-    text = load[0].get("anchors", "auto")
+    text = load[0].get("anchors", "none")  # as LoadViewSet reads a prompt written before anchors existed
     settings = _linked_preset(workflow, load[0])
     if settings is not None:
         count, text = settings.anchor_count, text if settings.cross_view != "off" else "none"

@@ -283,6 +283,9 @@ def test_runner_picks_the_anchors_the_nodes_pick():
     assert cross_view_anchors(_workflow(linked=False, anchors="1,9"), spec) == [1, 9]
     assert cross_view_anchors(_workflow(linked=False, mode="off"), spec) == []
     assert cross_view_anchors(_workflow(linked=False, weight=0.0), spec) == []
+    written_before_anchors = _workflow(linked=False)
+    del written_before_anchors["2"]["inputs"]["anchors"], written_before_anchors["2"]["inputs"]["anchor_count"]
+    assert cross_view_anchors(written_before_anchors, spec) == []  # as LoadViewSet reads it: no anchor chunk
     off, applied = apply_overrides(_workflow(), {"cross_view": "off"})
     assert off["1"]["inputs"]["preset"] == "custom" and off["1"]["inputs"]["cross_view"] == "off"
     assert off["20"]["inputs"]["mode"] == "off" and cross_view_anchors(off, spec) == []
