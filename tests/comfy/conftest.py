@@ -449,12 +449,15 @@ class ComfyServer:
     def tail(self, n: int = 60) -> str:
         return "\n".join(self.log().splitlines()[-n:])
 
-    def unload_models(self) -> None:
-        """Have the server unload every model it holds, so the next prompt logs its own model loads.
+    def unload_models(self, free_memory: bool = False) -> None:
+        """Have the server unload every model it holds, so the next prompt logs its own model loads; with
+        ``free_memory`` also drop its executor cache, which holds the loaders' outputs: only then is the models' RAM
+        returned (a CPU server keeps unloaded models in RAM), which a test starting another server needs.
 
         ComfyUI reads the /free flags in its worker loop after the prompt it is running, if any; a flag-free prompt
         queued behind them is therefore only finished once the flags have taken effect."""
-        r = self._requests.post(self.url + "/free", json={"unload_models": True}, timeout=60)
+        r = self._requests.post(self.url + "/free", json={"unload_models": True, "free_memory": free_memory},
+                                timeout=60)
         r.raise_for_status()
         self.queue({"1": {"class_type": "PrimitiveString", "inputs": {"value": uuid.uuid4().hex}},
                     "2": {"class_type": "PreviewAny", "inputs": {"source": ["1", 0]}}})

@@ -38,10 +38,18 @@ def eight(tmp_path_factory) -> Path:
     return dst
 
 
-@pytest.fixture(scope="module")
-def second_server(comfy_server, models_dir, tmp_path_factory):
+def another_server(comfy_server, models_dir, tmp_path_factory, name: str):
+    """A second server beside the harness's. The harness server first returns the RAM of the models earlier tests
+    left loaded: two servers with the t4 workflow's models and this process's in-process ComfyUI fill the 24 GiB
+    CI machine otherwise (the kernel's OOM killer ended a server there)."""
+    comfy_server.unload_models(free_memory=True)
     harness = sys.modules["glimpse_tests_comfy_process"]
-    server = type(comfy_server)(harness.make_base_dir(tmp_path_factory.mktemp("comfy-server-2")), models_dir)
+    return type(comfy_server)(harness.make_base_dir(tmp_path_factory.mktemp(name)), models_dir)
+
+
+@pytest.fixture
+def second_server(comfy_server, models_dir, tmp_path_factory):
+    server = another_server(comfy_server, models_dir, tmp_path_factory, "comfy-server-2")
     yield server
     server.stop()
 
@@ -104,3 +112,27 @@ def test_anchors_first_and_the_same_views_after_a_kill_and_on_two_servers(comfy_
     assert {e["server"] for e in m["views"].values()} == {comfy_server.url, second_server.url}
     assert m["timing"]["prompts"] == 2 + 4  # the anchors once per server, then the 4 other views
     assert same(pixels(spread), reference) == 0
+
+
+def test_fp16_unet_weights_sample_the_anchors_and_views_without_nan(comfy_server, models_dir, tmp_path_factory,
+                                                                    monkeypatch):
+    """The t4 workflow (cross-view on) on a server started with --fp16-unet: a core preview of the decoded views
+    turns any NaN into numpy's 'invalid value encountered' warning in that server's log. (On a CPU ComfyUI computes
+    fp16 weights in fp32; fp16 arithmetic of the mixing is tested in tests/unit/test_crossview.py.)"""
+    api = json.loads((REPO / "workflows" / "api" / "glimpse_enhance_t4.json").read_text())
+    for node in api.values():
+        if node["class_type"] == "LoadViewSet":
+            node["inputs"].pop("settings")
+            node["inputs"].update(path=str(FOX), views="0-2", resolution=64, anchors="0,2")
+    decode = next(k for k, n in api.items() if n["class_type"] == "GlimpseVAEDecode")
+    api["99"] = {"class_type": "PreviewImage", "inputs": {"images": [decode, 0]}}
+    monkeypatch.setenv("GLIMPSE_COMFY_FLAGS", "--fp16-unet")
+    server = another_server(comfy_server, models_dir, tmp_path_factory, "comfy-fp16")
+    try:
+        history = server.queue(api, timeout=1200)
+        log = server.log()
+    finally:
+        server.stop()
+    assert history["status"]["status_str"] == "success"
+    assert "model weight dtype torch.float16" in log and "GlimpseCrossViewAttention" in json.dumps(api)
+    assert "invalid value encountered" not in log and len(history["outputs"]["99"]["images"]) == 3
