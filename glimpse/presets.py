@@ -99,6 +99,9 @@ PRESETS: dict[str, Settings] = {
                         controlnet_size="full", cross_view="correspondence"),
 }
 PRESETS["custom"] = replace(PRESETS[DEFAULT_PRESET], preset="custom")
+# A custom MemoryPreset in an API prompt written before cross-view attention existed has none of these fields: it
+# gets what such a prompt ran with, views sampled independently.
+CROSS_VIEW_FIELDS_ABSENT = {"cross_view": "off", "anchor_count": 4, "anchor_neighbours": 2}
 
 
 def controlnet_size_of(params: int) -> str:

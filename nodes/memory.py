@@ -10,6 +10,7 @@ from ..glimpse.lightning import LIGHTNING_STEPS
 from ..glimpse.memory_report import LoadedModel, MemoryState, format_report
 from ..glimpse.presets import (
     CONTROLNET_SIZES,
+    CROSS_VIEW_FIELDS_ABSENT,
     CROSS_VIEW_MODES,
     DEFAULT_PRESET,
     PRESET_NAMES,
@@ -53,14 +54,18 @@ def report(settings: SettingsValue) -> str:
 
 
 def _custom(steps: str, strength: float, controlnet_strength: float, resolution: int, views_per_chunk: int,
-            tiled_vae: bool, vae_tile_size: int, unet_dtype: str, controlnet_size: str, cross_view: str = "off",
-            anchor_count: int = 4, anchor_neighbours: int = 2) -> dict:
+            tiled_vae: bool, vae_tile_size: int, unet_dtype: str, controlnet_size: str, cross_view: str | None,
+            anchor_count: int | None, anchor_neighbours: int | None) -> dict:
+    """The custom fields as Settings fields; cross-view fields a prompt lacks (None) as CROSS_VIEW_FIELDS_ABSENT."""
     if str(steps) not in {str(n) for n in LIGHTNING_STEPS}:
         raise ValueError(f"steps {steps!r} must be one of {', '.join(map(str, LIGHTNING_STEPS))}")
+    given = {"cross_view": cross_view, "anchor_count": anchor_count, "anchor_neighbours": anchor_neighbours}
+    cross = {k: CROSS_VIEW_FIELDS_ABSENT[k] if v is None else v for k, v in given.items()}
     return dict(steps=int(steps), strength=float(strength), controlnet_strength=float(controlnet_strength),
                 resolution=int(resolution), views_per_chunk=int(views_per_chunk), tiled_vae=bool(tiled_vae),
                 vae_tile_size=int(vae_tile_size), unet_dtype=unet_dtype, controlnet_size=controlnet_size,
-                cross_view=cross_view, anchor_count=int(anchor_count), anchor_neighbours=int(anchor_neighbours))
+                cross_view=cross["cross_view"], anchor_count=int(cross["anchor_count"]),
+                anchor_neighbours=int(cross["anchor_neighbours"]))
 
 
 class MemoryPreset(io.ComfyNode):
@@ -108,14 +113,15 @@ class MemoryPreset(io.ComfyNode):
                                tooltip="The depth ControlNet the memory plan counts: full (2.3 GiB) or small "
                                        "(0.3 GiB); Depth ControlNet reports a connected one of the other size."
                                        + custom),
-                io.Combo.Input("cross_view", options=list(CROSS_VIEW_MODES), default=c.cross_view,
+                io.Combo.Input("cross_view", options=list(CROSS_VIEW_MODES), default=c.cross_view, optional=True,
                                tooltip="Cross-View Attention's mode: off (views sampled independently), extended "
                                        "(attention over the anchors' whole images) or correspondence (only near "
-                                       "each token's 3D point; needs depth)." + custom),
-                io.Int.Input("anchor_count", default=c.anchor_count, min=1, max=64,
+                                       "each token's 3D point; needs depth)." + custom + " An API prompt "
+                                       "without the three cross-view fields gets off (as it ran before them)."),
+                io.Int.Input("anchor_count", default=c.anchor_count, min=1, max=64, optional=True,
                              tooltip="Anchor views Load View Set picks ('auto'); they are sampled as one batch, "
                                      "so the plan's anchor phase grows with them." + custom),
-                io.Int.Input("anchor_neighbours", default=c.anchor_neighbours, min=1, max=8,
+                io.Int.Input("anchor_neighbours", default=c.anchor_neighbours, min=1, max=8, optional=True,
                              tooltip="Anchors each view attends to (the nearest by viewing direction)." + custom),
             ],
             outputs=[
@@ -129,8 +135,8 @@ class MemoryPreset(io.ComfyNode):
     @classmethod
     def validate_inputs(cls, preset: str, steps: str, strength: float, controlnet_strength: float, resolution: int,
                         views_per_chunk: int, tiled_vae: bool, vae_tile_size: int, unet_dtype: str,
-                        controlnet_size: str, cross_view: str = "off", anchor_count: int = 4,
-                        anchor_neighbours: int = 2) -> bool | str:
+                        controlnet_size: str, cross_view: str | None = None, anchor_count: int | None = None,
+                        anchor_neighbours: int | None = None) -> bool | str:
         try:
             preset_settings(preset, **_custom(steps, strength, controlnet_strength, resolution, views_per_chunk,
                                               tiled_vae, vae_tile_size, unet_dtype, controlnet_size, cross_view,
@@ -142,8 +148,8 @@ class MemoryPreset(io.ComfyNode):
     @classmethod
     def execute(cls, preset: str, steps: str, strength: float, controlnet_strength: float, resolution: int,
                 views_per_chunk: int, tiled_vae: bool, vae_tile_size: int, unet_dtype: str,
-                controlnet_size: str, cross_view: str = "off", anchor_count: int = 4,
-                anchor_neighbours: int = 2) -> io.NodeOutput:
+                controlnet_size: str, cross_view: str | None = None, anchor_count: int | None = None,
+                anchor_neighbours: int | None = None) -> io.NodeOutput:
         settings = preset_settings(preset, **_custom(steps, strength, controlnet_strength, resolution, views_per_chunk,
                                                      tiled_vae, vae_tile_size, unet_dtype, controlnet_size, cross_view,
                                                      anchor_count, anchor_neighbours))

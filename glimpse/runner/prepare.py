@@ -14,7 +14,7 @@ from pathlib import Path
 
 from ..crossview.anchors import DEFAULT_ANCHOR_COUNT, parse_anchors
 from ..files import files_digest
-from ..presets import PRESETS
+from ..presets import CROSS_VIEW_FIELDS_ABSENT, PRESETS
 from ..scan import transparent_views
 from ..views import view_name
 from . import manifest as mf
@@ -105,7 +105,8 @@ def _linked_preset(workflow: dict, inputs: dict):
     fields = node["inputs"]
     if fields.get("preset") != "custom":
         return PRESETS.get(fields.get("preset"))
-    custom = {k: fields[k] for k in ("cross_view", "anchor_count") if not isinstance(fields.get(k), list)}
+    custom = {k: fields.get(k, CROSS_VIEW_FIELDS_ABSENT[k]) for k in ("cross_view", "anchor_count")
+              if not isinstance(fields.get(k), list)}
     return replace(PRESETS["custom"], **custom)
 
 

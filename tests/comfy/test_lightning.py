@@ -378,3 +378,14 @@ def test_server_rejects_sd15_lora_at_validation(comfy_server, models_dir):
         assert f"{bad.name} is not an SDXL LoRA" in str(e.value)
     finally:
         bad.unlink()
+
+
+def test_a_custom_preset_written_before_cross_view_samples_views_independently(comfy):
+    """An API prompt from before the cross-view fields existed validates and gets cross-view attention off."""
+    fields = dict(preset="custom", steps="4", strength=0.75, controlnet_strength=0.5, resolution=512,
+                  views_per_chunk=2, tiled_vae=False, vae_tile_size=512, unet_dtype="default", controlnet_size="small")
+    assert comfy.pack["MemoryPreset"].validate_inputs(**fields) is True
+    settings, _ = comfy.run("MemoryPreset", **fields)
+    assert (settings.cross_view, settings.anchor_count, settings.views_per_chunk) == ("off", 4, 2)
+    settings, _ = comfy.run("MemoryPreset", **fields, cross_view="extended", anchor_count=3)
+    assert (settings.cross_view, settings.anchor_count) == ("extended", 3)

@@ -286,6 +286,9 @@ def test_runner_picks_the_anchors_the_nodes_pick():
     written_before_anchors = _workflow(linked=False)
     del written_before_anchors["2"]["inputs"]["anchors"], written_before_anchors["2"]["inputs"]["anchor_count"]
     assert cross_view_anchors(written_before_anchors, spec) == []  # as LoadViewSet reads it: no anchor chunk
+    custom_before_cross_view = _workflow(preset="custom")
+    del custom_before_cross_view["1"]["inputs"]["cross_view"], custom_before_cross_view["1"]["inputs"]["anchor_count"]
+    assert cross_view_anchors(custom_before_cross_view, spec) == []  # as MemoryPreset reads it: cross-view off
     off, applied = apply_overrides(_workflow(), {"cross_view": "off"})
     assert off["1"]["inputs"]["preset"] == "custom" and off["1"]["inputs"]["cross_view"] == "off"
     assert off["20"]["inputs"]["mode"] == "off" and cross_view_anchors(off, spec) == []
