@@ -53,6 +53,14 @@ def manifest(out: Path) -> dict:
     return json.loads((out / "manifest.json").read_text())
 
 
+def saved_views(out: Path) -> list[int]:
+    """The views the runner's manifest lists as done so far ([] before its first save)."""
+    try:
+        return [int(k) for k in manifest(out)["views"]]
+    except (OSError, ValueError, KeyError):  # not written yet, or caught between the runner's atomic renames
+        return []
+
+
 def test_t4_run_writes_views_confidences_hints_and_scores_then_skips(server, views, tmp_path):
     out = tmp_path / "out"
     r = cli("run", views, "--out", out, "--server", server.url, "--resolution", RES, "--save-hints", "--seed", 7)
@@ -87,16 +95,19 @@ def test_t4_interrupted_run_resumes(server, views, tmp_path):
     proc = subprocess.Popen(cmd(*args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
     deadline = time.monotonic() + 600
-    while len(list(out.glob("view_*.png"))) < 3:
+    while len(saved_views(out)) < 3:  # the runner's manifest lists them (files on disk alone may still be collecting)
         assert proc.poll() is None, proc.communicate()
         assert time.monotonic() < deadline
         time.sleep(0.1)
+    saved = saved_views(out)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
     first = manifest(out)
     done = sorted(int(k) for k in first["views"])
-    assert len(done) >= 3 and first["missing_views"] == [v for v in range(16) if v not in done]
+    assert set(saved) <= set(done), err  # what was recorded stays recorded
+    assert first["missing_views"] == [v for v in range(16) if v not in done]
+    assert all((out / f"view_{v:02d}.png").is_file() for v in done)
     r = cli(*args)
     assert r.returncode == 0, r.stderr
     assert f"{len(done)} already done (skipped), {16 - len(done)} to run" in r.stderr
