@@ -29,7 +29,7 @@ prints it next to the measured peak (CUDA) so that the two can be compared.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 
 from .lightning import check_steps, check_strength, executed_steps
 from .types import Settings
@@ -100,8 +100,9 @@ PRESETS: dict[str, Settings] = {
 }
 PRESETS["custom"] = replace(PRESETS[DEFAULT_PRESET], preset="custom")
 # A custom MemoryPreset in an API prompt written before cross-view attention existed has none of these fields: it
-# gets what such a prompt ran with, views sampled independently.
-CROSS_VIEW_FIELDS_ABSENT = {"cross_view": "off", "anchor_count": 4, "anchor_neighbours": 2}
+# gets Settings' own defaults for them (cross-view off), what such a prompt ran with.
+CROSS_VIEW_FIELDS_ABSENT = {f.name: f.default for f in fields(Settings)
+                            if f.name in ("cross_view", "anchor_count", "anchor_neighbours")}
 
 
 def controlnet_size_of(params: int) -> str:

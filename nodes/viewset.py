@@ -15,7 +15,13 @@ from comfy_api.latest import io
 
 from ..glimpse.types import Settings as SettingsValue
 from ..glimpse.cameras import select_cameras
-from ..glimpse.crossview.anchors import DEFAULT_ANCHOR_COUNT, anchor_order, anchors_first, parse_anchors
+from ..glimpse.crossview.anchors import (
+    ANCHORS_WHEN_ABSENT,
+    DEFAULT_ANCHOR_COUNT,
+    anchor_order,
+    anchors_first,
+    parse_anchors,
+)
 from ..glimpse.scan import fingerprint, scan_view_set
 from ..glimpse.views import select_views, view_name
 from ..glimpse.viewset import load_view_set, parse_colour, set_cameras, views_without_alpha, views_without_depth
@@ -141,8 +147,9 @@ class LoadViewSet(io.ComfyNode):
 
     @classmethod
     def execute(cls, path: str, views: str = "all", background: str = "#808080", resolution: int = 1024,
-                views_per_chunk: int = 4, strip_views: int = 0, depth_png_scale: float = 0.0, anchors: str = "none",
-                anchor_count: int = DEFAULT_ANCHOR_COUNT, settings: SettingsValue | None = None) -> io.NodeOutput:
+                views_per_chunk: int = 4, strip_views: int = 0, depth_png_scale: float = 0.0,
+                anchors: str = ANCHORS_WHEN_ABSENT, anchor_count: int = DEFAULT_ANCHOR_COUNT,
+                settings: SettingsValue | None = None) -> io.NodeOutput:
         if settings is not None:
             resolution, views_per_chunk = settings.resolution, settings.views_per_chunk
             anchor_count = settings.anchor_count

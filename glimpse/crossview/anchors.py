@@ -15,6 +15,8 @@ import numpy as np
 from ..views import parse_selection
 
 DEFAULT_ANCHOR_COUNT = 4
+# LoadViewSet's anchors in an API prompt written before they existed: no anchor chunk, as such a prompt ran.
+ANCHORS_WHEN_ABSENT = "none"
 DEFAULT_NEIGHBOURS = 2
 # Directions are compared after rounding, so that views equally far from two anchors (a camera file's float noise
 # apart) break the tie by index, as the docstring promises, on every machine.

@@ -12,7 +12,7 @@ import threading
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from ..crossview.anchors import DEFAULT_ANCHOR_COUNT, parse_anchors
+from ..crossview.anchors import ANCHORS_WHEN_ABSENT, DEFAULT_ANCHOR_COUNT, parse_anchors
 from ..files import files_digest
 from ..presets import CROSS_VIEW_FIELDS_ABSENT, PRESETS
 from ..scan import transparent_views
@@ -126,7 +126,7 @@ def cross_view_anchors(workflow: dict, spec) -> list[int]:
     if mode == "off" or attention[0].get("weight") == 0:
         return []
     count = load[0].get("anchor_count", DEFAULT_ANCHOR_COUNT)
-    text = load[0].get("anchors", "none")  # as LoadViewSet reads a prompt written before anchors existed
+    text = load[0].get("anchors", ANCHORS_WHEN_ABSENT)
     settings = _linked_preset(workflow, load[0])
     if settings is not None:
         count, text = settings.anchor_count, text if settings.cross_view != "off" else "none"
