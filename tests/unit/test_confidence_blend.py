@@ -1,5 +1,6 @@
 """ConfidenceBlend's pure parts: feathering, per-signal confidences, the weights and the blend itself."""
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -230,3 +231,17 @@ def test_min_pool_is_the_minimum_of_each_cell(shape, size):
     expected = -F.adaptive_max_pool2d(-x[:, None], size)[:, 0]
     out = min_pool(x, size)
     assert out.shape == (shape[0], *size) and out.is_contiguous() and torch.equal(out, expected)
+
+
+@pytest.mark.parametrize("n, size", [(1024, 512), (704, 512), (256, 512), (96, 96), (100, 33), (7, 3), (512, 1)])
+def test_depth_at_size_samples_as_nearest_exact_interpolation(n, size):
+    """depth_at_size gathers the pixels F.interpolate(mode="nearest-exact") would pick (strided or indexed)."""
+    from glimpse.confidence import depth_at_size
+
+    z = torch.rand(2, n, n + 3, generator=torch.Generator().manual_seed(n)) + 0.5
+    z[:, ::5] = 0.0
+    depth = DepthMaps(depth=z, valid=z > 0)
+    cams = frontal_cameras(2, n)
+    d, _ = depth_at_size(depth, replace(cams, image_size=(n, n + 3)), (size, size + 1))
+    expected = F.interpolate(z[:, None], size=(size, size + 1), mode="nearest-exact")[:, 0]
+    assert torch.equal(d.depth, expected) and torch.equal(d.valid, expected > 0)
