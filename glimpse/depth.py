@@ -13,6 +13,8 @@ from dataclasses import replace
 import numpy as np
 import torch
 
+from . import buffers
+from .threads import map_views
 from .types import DepthMaps
 
 MODES = ("shared_inverse", "shared_linear")
@@ -102,13 +104,14 @@ def depth_hint(depth: DepthMaps, mode: str = "shared_inverse", qs: tuple[float, 
     scale = 0.0 if flat else (1.0 - floor) / (hi - lo)
     if depth.depth.device.type != "cpu":
         return _hint_torch(depth, mode, near, far, lo, scale, floor, flat)
-    # CPU: numpy, one view at a time (single-threaded passes that stay in cache; no thread-pool stalls), the affine
+    # CPU: numpy, one view per task (single-threaded passes that stay in cache; no thread-pool stalls), the affine
     # map as one multiply and one add, the background zeroed by multiplying with the valid mask
-    out = torch.empty((n, h, w, 3), dtype=torch.float32)
+    out = buffers.empty((n, h, w, 3))
     out_np = out.numpy()
     sign = np.float32(scale if mode == "shared_inverse" else -scale)
     offset = np.float32(floor - lo * scale)
-    for i in range(n):
+
+    def one(i: int) -> None:
         x = np.clip(depth.depth[i].numpy(), np.float32(near), np.float32(far), dtype=np.float32)
         if flat:
             x.fill(1.0)
@@ -119,6 +122,8 @@ def depth_hint(depth: DepthMaps, mode: str = "shared_inverse", qs: tuple[float, 
             np.add(x, offset, out=x)
         np.multiply(x, depth.valid[i].numpy(), out=x)
         out_np[i] = x[..., None]
+
+    map_views(one, range(n))
     return out
 
 
