@@ -16,7 +16,7 @@ from glimpse.cameras import orbit_cameras, pixel_centres, project
 from glimpse.depth import depth_hint
 from glimpse.scan import fingerprint, scan_view_set
 from glimpse.views import chunks
-from glimpse.viewset import load_view_set, parse_colour, views_without_depth, working_size
+from glimpse.viewset import composite, load_view_set, parse_colour, views_without_depth, working_size
 
 SAMPLE = Path(__file__).resolve().parents[2] / "samples" / "fox"  # 16 views at 256 px, depth, cameras, a README
 
@@ -343,3 +343,22 @@ def test_parse_colour():
     assert parse_colour(0.5) == (0.5, 0.5, 0.5)
     with pytest.raises(ValueError, match="background colour"):
         parse_colour("purple-ish")
+
+
+@pytest.mark.parametrize("box", [(0, 0, 0, 0), (3, 90, 5, 70), (0, 100, 0, 77), (40, 41, 76, 77)])
+@pytest.mark.parametrize("bg", [(0.0, 0.0, 0.0), (0.2, 0.4, 0.6), (1.0, 1.0, 1.0)])
+def test_composite_is_the_straight_alpha_formula_bit_for_bit(box, bg):
+    """Compositing only alpha's box, in bands of rows, gives the full-frame formula's values exactly."""
+    rng = np.random.default_rng(sum(box))
+    u8 = rng.integers(0, 256, (100, 77, 4), dtype=np.uint8)
+    t, b, le, r = box
+    keep = np.zeros((100, 77), bool)
+    keep[t:b, le:r] = True
+    u8[..., 3] *= keep
+    bg_np = np.array(bg, np.float32)
+    a = u8[..., 3:4].astype(np.float32) * np.float32(1 / 255)
+    expected = (u8[..., :3].astype(np.float32) * np.float32(1 / 255) - bg_np) * a + bg_np
+    rgb, alpha = np.full((100, 77, 3), np.nan, np.float32), np.full((100, 77), np.nan, np.float32)
+    composite(u8, bg_np, rgb, alpha)
+    assert np.array_equal(rgb.view(np.uint32), expected.view(np.uint32))
+    assert np.array_equal(alpha, a[..., 0])
