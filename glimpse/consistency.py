@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from .cameras import pad_intrinsics, scale_intrinsics
 from .confidence import depth_at_size
-from .threads import single_threaded
+from .threads import map_views, single_threaded
 from .types import Cameras, DepthMaps
 from .warp import MIN_PIXELS, PairWarp, pair_errors, pair_scores, warp_geometry
 
@@ -53,15 +53,13 @@ def srgb_to_lab(rgb: torch.Tensor) -> torch.Tensor:
 
 def colour_stats(views: torch.Tensor, fg: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Lab mean and standard deviation inside ``fg`` per view: ([N,3], [N,3]); NaN for a view with no foreground."""
-    means, stds = [], []
-    for i in range(views.shape[0]):
+    def one(i: int) -> tuple[torch.Tensor, torch.Tensor]:
         lab = srgb_to_lab(views[i][fg[i]][:, :3]).double()
         if lab.shape[0] == 0:
-            means.append(torch.full((3,), math.nan, dtype=torch.float64))
-            stds.append(torch.full((3,), math.nan, dtype=torch.float64))
-            continue
-        means.append(lab.mean(0).cpu())
-        stds.append(lab.std(0, correction=0).cpu())
+            return torch.full((3,), math.nan, dtype=torch.float64), torch.full((3,), math.nan, dtype=torch.float64)
+        return lab.mean(0).cpu(), lab.std(0, correction=0).cpu()
+
+    means, stds = zip(*map_views(one, range(views.shape[0]), views.device))
     return torch.stack(means), torch.stack(stds)
 
 
@@ -84,21 +82,36 @@ def colour_drift(means: torch.Tensor, stds: torch.Tensor, ref_means: torch.Tenso
 def sharpness(views: torch.Tensor, fg: torch.Tensor) -> torch.Tensor:
     """Variance of the 4-neighbour Laplacian of luma (Rec. 601 weights on the 0..1 values) over pixels whose whole
     stencil is foreground, per view: float64 [N]; NaN for a view with no such pixel."""
-    out = []
-    luma_w = torch.tensor([0.299, 0.587, 0.114], device=views.device)
-    for i in range(views.shape[0]):
+    return _sharpness(views, _stencils(fg))
+
+
+def _stencils(fg: torch.Tensor) -> list[tuple[tuple[slice, slice], torch.Tensor] | None]:
+    """Per view of ``fg`` [N,H,W]: the mask's box and, inside it, where the whole Laplacian stencil is foreground
+    (None for an empty mask). The enhanced and the reference views share them."""
+    def one(i: int) -> tuple[tuple[slice, slice], torch.Tensor] | None:
         rows, cols = fg[i].any(dim=1).nonzero(), fg[i].any(dim=0).nonzero()
         if rows.numel() == 0:
-            out.append(torch.tensor(math.nan, dtype=torch.float64))
-            continue
-        box = (slice(int(rows[0]), int(rows[-1]) + 1), slice(int(cols[0]), int(cols[-1]) + 1))  # the mask's box
-        y = views[i][box][..., :3].float() @ luma_w
+            return None
+        box = (slice(int(rows[0]), int(rows[-1]) + 1), slice(int(cols[0]), int(cols[-1]) + 1))
         m = fg[i][box]
-        inner = m[1:-1, 1:-1] & m[:-2, 1:-1] & m[2:, 1:-1] & m[1:-1, :-2] & m[1:-1, 2:]
+        return box, m[1:-1, 1:-1] & m[:-2, 1:-1] & m[2:, 1:-1] & m[1:-1, :-2] & m[1:-1, 2:]
+
+    return map_views(one, range(fg.shape[0]), fg.device)
+
+
+def _sharpness(views: torch.Tensor, stencils: list[tuple[tuple[slice, slice], torch.Tensor] | None]) -> torch.Tensor:
+    luma_w = torch.tensor([0.299, 0.587, 0.114], device=views.device)
+
+    def one(i: int) -> torch.Tensor:
+        if stencils[i] is None:
+            return torch.tensor(math.nan, dtype=torch.float64)
+        box, inner = stencils[i]
+        y = views[i][box][..., :3].float() @ luma_w
         lap = 4.0 * y[1:-1, 1:-1] - y[:-2, 1:-1] - y[2:, 1:-1] - y[1:-1, :-2] - y[1:-1, 2:]
         vals = lap[inner].double()
-        out.append(vals.var(correction=0).cpu() if vals.numel() > 1 else torch.tensor(math.nan, dtype=torch.float64))
-    return torch.stack(out)
+        return vals.var(correction=0).cpu() if vals.numel() > 1 else torch.tensor(math.nan, dtype=torch.float64)
+
+    return torch.stack(map_views(one, range(views.shape[0]), views.device))
 
 
 def _finite(x) -> float | None:
@@ -124,18 +137,22 @@ def _downsample(x: torch.Tensor | None, size: tuple[int, int]) -> torch.Tensor |
         return x
     n, h, w = x.shape[:3]
     fh, fw = h // size[0], w // size[1]
+    channels_last = x.dim() == 4
     if fh * size[0] == h and fw * size[1] == w:
-        out = torch.empty((n, *size, *x.shape[3:]), dtype=torch.float32, device=x.device)
-        for i in range(n):
-            acc = out[i]
-            acc.copy_(x[i, 0::fh, 0::fw])
+        # colour accumulates channel-first: over a trailing axis of 3 every op would loop 3 elements at a time
+        out = torch.empty((n, *x.shape[3:], *size), dtype=torch.float32, device=x.device)
+
+        def one(i: int) -> None:
+            xi, acc = (x[i].permute(2, 0, 1) if channels_last else x[i]), out[i]
+            acc.copy_(xi[..., 0::fh, 0::fw])
             for a in range(fh):
                 for b in range(fw):
                     if a or b:
-                        acc.add_(x[i, a::fh, b::fw])
+                        acc.add_(xi[..., a::fh, b::fw])
             acc.mul_(1.0 / (fh * fw))
-        return out
-    channels_last = x.dim() == 4
+
+        map_views(one, range(n), x.device)
+        return out.permute(0, 2, 3, 1) if channels_last else out
     t = x.float().permute(0, 3, 1, 2) if channels_last else x.float()[:, None]
     t = F.interpolate(t, size=size, mode="area")
     return t.permute(0, 2, 3, 1) if channels_last else t[:, 0]
@@ -228,9 +245,11 @@ def _score_views(views, masks, depth, cameras, reference, depth_tolerance, edge_
         geometry = warp_geometry(depth_w, cams_w, masks_w, depth_tolerance=depth_tolerance, edge_margin=edge_margin)
     fg_w = foreground(views_w, masks_w, depth_w if masks is None else None)
 
+    stencils = _stencils(fg)
+
     def scores(v: torch.Tensor, v_w: torch.Tensor) -> tuple:
         cons = _consistency(v_w, geometry, min_pixels) if geometry is not None else None
-        return cons, *colour_stats(v_w, fg_w), sharpness(v, fg)
+        return cons, *colour_stats(v_w, fg_w), _sharpness(v, stencils)
 
     cons, means, stds, sharp = scores(views, views_w)
     out: dict = {"views": n, "size": [h, w], "consistency": None}

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from .cameras import project
 from .confidence import depth_edges
 from .feather import dilate
+from .threads import map_views
 from .types import Cameras, DepthMaps
 
 PSNR_CAP = 100.0  # dB, reported for pairs whose colours agree exactly (MSE 0)
@@ -109,8 +110,8 @@ def pair_errors(views: torch.Tensor, geometry: list[PairWarp], keep_maps: bool =
     ``"compared"`` (bool [H,W]) and ``"warped"`` ([H,W,3], view j's colour at each compared pixel of view i)."""
     n, h, w = views.shape[:3]
     c = min(3, views.shape[-1])
-    out = []
-    for g in geometry:
+
+    def one(g: PairWarp) -> dict:
         src = views[g.j, ..., :c].permute(2, 0, 1)[None].float()
         warped = F.grid_sample(src, g.grid.to(views.device), mode="bilinear", padding_mode="zeros",
                                align_corners=False)[0, :, 0].T
@@ -123,8 +124,9 @@ def pair_errors(views: torch.Tensor, geometry: list[PairWarp], keep_maps: bool =
             full = torch.zeros(h, w, c, dtype=torch.float32, device=views.device)
             full[g.rows, g.cols] = warped
             res["compared"], res["warped"] = compared, full
-        out.append(res)
-    return out
+        return res
+
+    return map_views(one, geometry, views.device)
 
 
 def warp_errors(views: torch.Tensor, depth: DepthMaps, cameras: Cameras, masks: torch.Tensor | None = None, *,
