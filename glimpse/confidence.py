@@ -48,7 +48,7 @@ def depth_at_size(depth: DepthMaps, cameras: Cameras, size: tuple[int, int]) -> 
     z, valid = depth.depth.float(), depth.valid.bool()
     if tuple(z.shape[-2:]) != (h, w):  # gathering the sampled pixels reads only those (a bool map stays bool)
         rows, cols = nearest_indices(z.shape[-2], h, z.device), nearest_indices(z.shape[-1], w, z.device)
-        z, valid = _take(z, rows, cols), _take(valid, rows, cols)
+        z, valid = take_pixels(z, rows, cols), take_pixels(valid, rows, cols)
     valid = valid & (z > 0) & torch.isfinite(z)
     return DepthMaps(depth=torch.where(valid, z, 0.0), valid=valid, near=depth.near, far=depth.far), k
 
@@ -60,7 +60,7 @@ def nearest_indices(n: int, size: int, device: torch.device | str | None = None)
     return F.interpolate(index[None, None], size=size, mode="nearest-exact")[0, 0].long()
 
 
-def _take(x: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+def take_pixels(x: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
     """``x[:, rows][:, :, cols]`` of a [N,H,W] tensor; a strided slice (several times faster) when both index
     sequences are evenly spaced, as for a whole factor."""
     slices = []

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from .cameras import pad_intrinsics, scale_intrinsics
-from .confidence import depth_at_size
+from .confidence import depth_at_size, take_pixels
 from .threads import map_views, single_threaded
 from .types import Cameras, DepthMaps
 from .warp import MIN_PIXELS, PairWarp, pair_errors, pair_scores, warp_geometry
@@ -235,8 +235,8 @@ def _score_views(views, masks, depth, cameras, reference, depth_tolerance, edge_
         dev = depth.depth.device
         rows = ((r0 + torch.arange(size[0], device=dev) * f + f / 2) * (dh / h)).long().clamp_(max=dh - 1)
         cols = ((c0 + torch.arange(size[1], device=dev) * f + f / 2) * (dw / w)).long().clamp_(max=dw - 1)
-        z = depth.depth[:, rows][:, :, cols].float()
-        valid = depth.valid[:, rows][:, :, cols] & (z > 0) & torch.isfinite(z)
+        z = take_pixels(depth.depth, rows, cols).float()
+        valid = take_pixels(depth.valid, rows, cols) & (z > 0) & torch.isfinite(z)
         depth_w = DepthMaps(depth=torch.where(valid, z, 0.0).to(views.device), valid=valid.to(views.device))
         k = scale_intrinsics(cameras.intrinsics, cameras.image_size, (h, w))
         k = scale_intrinsics(pad_intrinsics(k, -c0, -r0), (r1 - r0, c1 - c0), size)
