@@ -137,7 +137,7 @@ class CrossViewAttention(io.ComfyNode):
         prompt, node_id = cls.hidden.prompt, cls.hidden.unique_id
         graph = sampling_subgraph(prompt, node_id, _is_sampler) if prompt and node_id else {}
         key = graph_key(graph)
-        record = cls._anchor_record(cameras, depth, anchors, set_key, key, graph, choice, settings)
+        record = cls._anchor_record(cameras, depth, anchors, set_key, key, graph, choice, settings, mode, window)
         models, infos = [], []
         for chunk_cams, chunk_depth in zip(cameras, depth):
             plan = cls._plan(chunk_cams, chunk_depth, record, mode, weight, neighbours, window)
@@ -153,8 +153,12 @@ class CrossViewAttention(io.ComfyNode):
 
     @staticmethod
     def _anchor_record(cameras: list, depth: list, anchors: list[int], set_key: str, key: str, graph: dict,
-                       choice: str, settings: SettingsValue | None) -> AnchorRecord:
-        """A new record when this prompt samples the anchors (they must be one chunk, the first), else the stored."""
+                       choice: str, settings: SettingsValue | None, mode: str, window: int) -> AnchorRecord:
+        """A new record when this prompt samples the anchors (they must be one chunk, the first), else the stored.
+
+        Correspondence mode with depth on every anchor keeps only the anchors' tokens with depth (all a
+        correspondence can land on), and only their values for a one-token window; otherwise keys and values of
+        every token."""
         wanted = set(anchors)
         holding = [i for i, c in enumerate(cameras) if wanted & set(_views(c))]
         for i in holding:
@@ -169,8 +173,11 @@ class CrossViewAttention(io.ComfyNode):
                                  "first); do not reorder the chunks")
             first = cameras[0]
             order = _views(first)
+            surface = mode == "correspondence" and all(_has_depth(depth[0], r) for r in range(len(order)))
             return STORE.add(AnchorRecord(set_key=set_key, graph_key=key, graph=graph, anchors=order,
-                                          depth=depth[0], cameras=first, device=record_device(choice, settings)))
+                                          depth=depth[0], cameras=first, device=record_device(choice, settings),
+                                          layout="surface" if surface else "full",
+                                          keep_keys=not surface or window > 0))
         record = STORE.find(set_key, key)
         if record is not None:
             log.info("CrossViewAttention: reusing the record of %s", record.summary())
@@ -197,7 +204,12 @@ class CrossViewAttention(io.ComfyNode):
         refs = torch.tensor([[position[int(a)] for a in row[:m]] for row in cams.anchor_order], dtype=torch.int64)
         refs = refs.reshape(len(views), m)
         extended = torch.tensor([mode == "correspondence" and not _has_depth(depth, r) for r in range(len(views))])
-        if bool(extended.any()):
+        if bool(extended.any()) and role == "view" and record.layout == "surface":
+            log.warning("CrossViewAttention: %s have no renderer depth and the anchors' record keeps only their "
+                        "surface tokens: sampled without cross-view attention",
+                        _names([v for v, e in zip(views, extended) if e]))
+            extended = torch.zeros_like(extended)
+        elif bool(extended.any()):
             log.warning("CrossViewAttention: %s have no renderer depth: extended mode for them instead of "
                         "correspondence", _names([v for v, e in zip(views, extended) if e]))
         if mode == "correspondence" and role == "view":
