@@ -95,8 +95,10 @@ class CrossViewAttention(io.ComfyNode):
                                      "gather, cheapest, sharpest); 1: the 3x3 around it, which tolerates depth error "
                                      "of up to a token (16-32 px at 1024 px) but costs about 9x the kernels."),
                 io.Combo.Input("record_device", options=list(RECORD_DEVICES), default="auto",
-                               tooltip="Where the anchors' record lives (about 210 MB per anchor and executed step "
-                                       "at 1024 px in fp16). auto: on the GPU when the connected preset's memory "
+                               tooltip="Where the anchors' record lives (at 1024 px in fp16, per anchor and "
+                                       "executed step: correspondence mode keeps the values of the tokens with depth, "
+                                       "at most 210 MB; extended mode keys and values of every token, 420 MB). "
+                                       "auto: on the GPU when the connected preset's memory "
                                        "plan allows (or, without settings, on cards of 20 GiB or more), else in "
                                        "CPU RAM, copied to the GPU layer by layer."),
                 Settings.Input("settings", optional=True,
