@@ -99,7 +99,10 @@ def correspondence_one_token(own: torch.Tensor, v: torch.Tensor, values: torch.T
 
     own, v [B,T,D]; ``values`` [R,D] the anchors' value rows; ``rows`` int64 [B,T,m] each token's row per anchor
     (any row where it has none); ``coefficients`` [B,T,m] from :func:`one_token_coefficients`, in own's dtype. A
-    token with a correspondence has depth, so its own one-token window is itself."""
+    token with a correspondence has depth, so its own one-token window is itself. Anchors without a kept row (no
+    token with depth at this grid) leave nothing to correspond to."""
+    if values.shape[0] == 0:
+        return own
     gathered = values[rows]  # [B,T,m,D]
     mixed = torch.matmul(coefficients.unsqueeze(2), gathered).squeeze(2)
     return mixed.addcmul_(coefficients.sum(-1, keepdim=True), v, value=-1.0).add_(own)

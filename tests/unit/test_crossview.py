@@ -179,6 +179,9 @@ def test_one_token_rule_equals_the_general_rule_with_one_token_windows():
     got = correspondence_one_token(own, v, values, rows, one_token_coefficients(masks, 0.7))
     assert torch.allclose(got, want, atol=1e-6) and not torch.allclose(got, own, atol=1e-3)
     assert torch.equal(got[:, :2], own[:, :2])  # no correspondence: exactly its own attention
+    # anchors that kept no row at this grid (a small object at 1/32 of a small image)
+    no_rows = correspondence_one_token(own, v, values[:0], torch.zeros_like(rows), torch.zeros(2, 16, 2))
+    assert torch.equal(no_rows, own)
 
 
 def test_local_attention_equals_masked_full_attention():
