@@ -60,15 +60,19 @@ CONTROLNET_ACT_FACTOR = {"full": 0.5, "small": 0.2}
 # batches to fit, and tiled VAE works tile by tile (tile_size px -> (tile_size/8)^2 latent pixels).
 VAE_DECODE_PER_LATENT_PX = 2178 * 64
 VAE_ENCODE_PER_PX = 1767
-# Cross-view attention. The anchors' record keeps every self-attention input of every anchor at every executed step:
-# SDXL has 10 such layers at 1/16 of the image (640 channels) and 60 at 1/32 (1280 channels), so at 1024 px one anchor
-# step is 10 x 4096 x 640 + 60 x 1024 x 1280 values (210 MB in fp16).
+# Cross-view attention. The anchors' record keeps the projected keys and values of every self-attention layer of every
+# anchor at every executed step (glimpse.crossview.record): SDXL has 10 such layers at 1/16 of the image (640
+# channels) and 60 at 1/32 (1280 channels), so at 1024 px one anchor step is 10 x 4096 x 640 + 60 x 1024 x 1280 values
+# per kept tensor (210 MB in fp16). Correspondence mode (one-token window, the default) keeps only the values, of the
+# tokens with depth: the plan counts every token (an object that fills the frame); a real set's record is smaller by
+# its share of tokens with depth (8 % for the fox sample). Extended mode keeps keys and values of every token.
 SDXL_SELF_ATTENTION = ((16, 10, 640), (32, 60, 1280))  # (image pixels per token side, layers, channels)
-# Extra transient per view while attending, at the 1/16 layers where it is largest: the two anchors' fetched hidden
-# states and their keys and values (6 x 4096 x 640 fp16 = 31 MB at 1024 px), and the local (correspondence)
-# attention's gathered keys and values, float32 slices of 1024 query tokens x 9 (2 x 1024 x 9 x 640 x 4 = 47 MB; see
-# glimpse.crossview.attention): about 0.05 GiB for a 1024 px view, 3.2 KiB per latent pixel. (An upper bound: the
-# UNet's own activation peak is in its higher-resolution blocks, not at these layers.)
+RECORD_TENSORS = {"extended": 2, "correspondence": 1}
+# Extra transient per view while attending, at the 1/16 layers where it is largest: the two anchors' fetched keys and
+# values (4 x 4096 x 640 fp16 = 21 MB at 1024 px), and the local (correspondence) attention's gathered keys and values,
+# float32 slices of 1024 query tokens x 9 (2 x 1024 x 9 x 640 x 4 = 47 MB; see glimpse.crossview.attention): under
+# 0.05 GiB for a 1024 px view, 3.2 KiB per latent pixel. (An upper bound: the UNet's own activation peak is in its
+# higher-resolution blocks, not at these layers.)
 CROSS_VIEW_ACT_BYTES_PER_LATENT_PX = 3.2 * 1024
 # Where each preset's plan must fit (the card it is for, less headroom), deciding whether the record may sit on the GPU.
 PLAN_BUDGET_GIB = {"t4_balanced": 10.0, "t4_minimal": 7.0, "speed": 14.0, "quality": 22.0, "custom": 10.0}
@@ -210,11 +214,13 @@ def unet_weight_bytes(unet_dtype: str) -> int:
     return 1 if unet_dtype.startswith("fp8") else 2
 
 
-def anchor_record_bytes(width: int, height: int, anchors: int, executed_steps: int, dtype_bytes: int = 2) -> int:
-    """Bytes of an SDXL anchor record: every self-attention input of ``anchors`` views at every executed step."""
+def anchor_record_bytes(width: int, height: int, anchors: int, executed_steps: int, dtype_bytes: int = 2,
+                        tensors: int = 1, coverage: float = 1.0) -> int:
+    """Bytes of an SDXL anchor record: ``tensors`` (1: values, 2: keys and values) of every self-attention layer of
+    ``anchors`` views at every executed step, for the share ``coverage`` of their tokens (1: every token)."""
     per_step = sum(layers * math.ceil(height / f) * math.ceil(width / f) * channels
                    for f, layers, channels in SDXL_SELF_ATTENTION)
-    return anchors * executed_steps * per_step * dtype_bytes
+    return round(anchors * executed_steps * per_step * dtype_bytes * tensors * coverage)
 
 
 def estimate_memory(s: Settings, aspect: float = 1.0, vae_dtype_bytes: int = 4, with_controlnet: bool = True,
@@ -249,7 +255,8 @@ def estimate_memory(s: Settings, aspect: float = 1.0, vae_dtype_bytes: int = 4, 
         width=w,
         height=h,
         anchor_activations=int(s.anchor_count * per_view) if cross else 0,
-        anchor_record=anchor_record_bytes(w, h, s.anchor_count, executed_steps(s.steps, s.strength)) if cross else 0,
+        anchor_record=anchor_record_bytes(w, h, s.anchor_count, executed_steps(s.steps, s.strength),
+                                          tensors=RECORD_TENSORS[s.cross_view]) if cross else 0,
     )
     on_gpu = replace(plan, record_on_gpu=True)
     return on_gpu if cross and on_gpu.peak <= PLAN_BUDGET_GIB[s.preset] * GIB else plan

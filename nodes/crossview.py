@@ -95,8 +95,10 @@ class CrossViewAttention(io.ComfyNode):
                                      "gather, cheapest, sharpest); 1: the 3x3 around it, which tolerates depth error "
                                      "of up to a token (16-32 px at 1024 px) but costs about 9x the kernels."),
                 io.Combo.Input("record_device", options=list(RECORD_DEVICES), default="auto",
-                               tooltip="Where the anchors' record lives (about 210 MB per anchor and executed step "
-                                       "at 1024 px in fp16). auto: on the GPU when the connected preset's memory "
+                               tooltip="Where the anchors' record lives (at 1024 px in fp16, per anchor and "
+                                       "executed step: correspondence mode keeps the values of the tokens with depth, "
+                                       "at most 210 MB; extended mode keys and values of every token, 420 MB). "
+                                       "auto: on the GPU when the connected preset's memory "
                                        "plan allows (or, without settings, on cards of 20 GiB or more), else in "
                                        "CPU RAM, copied to the GPU layer by layer."),
                 Settings.Input("settings", optional=True,
@@ -137,7 +139,7 @@ class CrossViewAttention(io.ComfyNode):
         prompt, node_id = cls.hidden.prompt, cls.hidden.unique_id
         graph = sampling_subgraph(prompt, node_id, _is_sampler) if prompt and node_id else {}
         key = graph_key(graph)
-        record = cls._anchor_record(cameras, depth, anchors, set_key, key, graph, choice, settings)
+        record = cls._anchor_record(cameras, depth, anchors, set_key, key, graph, choice, settings, mode, window)
         models, infos = [], []
         for chunk_cams, chunk_depth in zip(cameras, depth):
             plan = cls._plan(chunk_cams, chunk_depth, record, mode, weight, neighbours, window)
@@ -153,8 +155,12 @@ class CrossViewAttention(io.ComfyNode):
 
     @staticmethod
     def _anchor_record(cameras: list, depth: list, anchors: list[int], set_key: str, key: str, graph: dict,
-                       choice: str, settings: SettingsValue | None) -> AnchorRecord:
-        """A new record when this prompt samples the anchors (they must be one chunk, the first), else the stored."""
+                       choice: str, settings: SettingsValue | None, mode: str, window: int) -> AnchorRecord:
+        """A new record when this prompt samples the anchors (they must be one chunk, the first), else the stored.
+
+        Correspondence mode with depth on every anchor keeps only the anchors' tokens with depth (all a
+        correspondence can land on), and only their values for a one-token window; otherwise keys and values of
+        every token."""
         wanted = set(anchors)
         holding = [i for i, c in enumerate(cameras) if wanted & set(_views(c))]
         for i in holding:
@@ -169,8 +175,11 @@ class CrossViewAttention(io.ComfyNode):
                                  "first); do not reorder the chunks")
             first = cameras[0]
             order = _views(first)
+            surface = mode == "correspondence" and all(_has_depth(depth[0], r) for r in range(len(order)))
             return STORE.add(AnchorRecord(set_key=set_key, graph_key=key, graph=graph, anchors=order,
-                                          depth=depth[0], cameras=first, device=record_device(choice, settings)))
+                                          depth=depth[0], cameras=first, device=record_device(choice, settings),
+                                          layout="surface" if surface else "full",
+                                          keep_keys=not surface or window > 0))
         record = STORE.find(set_key, key)
         if record is not None:
             log.info("CrossViewAttention: reusing the record of %s", record.summary())
@@ -197,7 +206,12 @@ class CrossViewAttention(io.ComfyNode):
         refs = torch.tensor([[position[int(a)] for a in row[:m]] for row in cams.anchor_order], dtype=torch.int64)
         refs = refs.reshape(len(views), m)
         extended = torch.tensor([mode == "correspondence" and not _has_depth(depth, r) for r in range(len(views))])
-        if bool(extended.any()):
+        if bool(extended.any()) and role == "view" and record.layout == "surface":
+            log.warning("CrossViewAttention: %s have no renderer depth and the anchors' record keeps only their "
+                        "surface tokens: sampled without cross-view attention",
+                        _names([v for v, e in zip(views, extended) if e]))
+            extended = torch.zeros_like(extended)
+        elif bool(extended.any()):
             log.warning("CrossViewAttention: %s have no renderer depth: extended mode for them instead of "
                         "correspondence", _names([v for v, e in zip(views, extended) if e]))
         if mode == "correspondence" and role == "view":

@@ -1,12 +1,11 @@
-"""The MODEL patch behind CrossViewAttention: ComfyUI's self-attention hooks around ``glimpse.crossview``.
+"""The MODEL patch behind CrossViewAttention: ComfyUI's self-attention hook around ``glimpse.crossview``.
 
-Two hooks on a clone of the ModelPatcher (the UNet itself is never copied or edited):
-
-- ``attn1_patch`` (every self-attention, before its q/k/v projections) appends the anchors' hidden states to the
-  keys/values source: in the anchor pass the other anchors of the same batch (and records the batch), in a view pass
-  the anchors' record of the same step and layer.
-- ``attn1_replace`` (registered on every self-attention layer of the UNet) gets the projected q, k, v, splits k/v into
-  the view's own tokens and each anchor's, and mixes them by the chosen rule with ComfyUI's ``optimized_attention``.
+One hook on a clone of the ModelPatcher (the UNet itself is never copied or edited): ``attn1_replace``, registered on
+every self-attention layer, gets the layer's projected q, k, v. In the anchor pass it records the anchors' keys and
+values (``glimpse.crossview.record``) and mixes each anchor with the other anchors of its batch; in a view pass it
+mixes the view with its anchors' recorded keys and values of the same step and layer. Nothing is projected twice:
+the anchors' keys and values are the ones their own pass computed. Mixing follows the chosen rule with ComfyUI's
+``optimized_attention``.
 
 Rows of a model call are ``len(cond_or_uncond)`` copies of the chunk's views (cond, uncond); at cfg 1 only cond runs.
 ControlNets run without these hooks (ComfyUI calls them without transformer options).
@@ -58,40 +57,34 @@ class ChunkPlan:
     extended_rows: torch.Tensor
     _windows: dict = field(default_factory=dict)
 
+    @property
+    def needed(self) -> list[int]:
+        """View pass: the record positions of every anchor some view of the chunk attends to, in record order."""
+        return sorted({int(a) for a in self.refs.flatten()})
+
+    @property
+    def slots(self) -> torch.Tensor:
+        """View pass [B, m]: each view's anchors as positions in :attr:`needed`."""
+        position = {a: i for i, a in enumerate(self.needed)}
+        return self.refs.clone().apply_(position.__getitem__)
+
+
+@dataclass(frozen=True)
+class Site:
+    """Where a self-attention call is: its layer key, step sigma, token grid and head count."""
+
+    layer: tuple
+    sigma: float
+    grid: tuple[int, int]
+    heads: int
+
 
 class CrossViewPatch:
     def __init__(self, plan: ChunkPlan):
         self.plan = plan
 
-    # -- attn1_patch: the keys/values source -----------------------------------------------------------------
-    def __call__(self, n: torch.Tensor, context: torch.Tensor, value: torch.Tensor, extra_options: dict):
-        p = self.plan
-        m = p.refs.shape[1]
-        layer = (*extra_options["block"], extra_options["block_index"])
-        sigma = float(extra_options["sigmas"].reshape(-1)[0])
-        groups = extra_options.get("cond_or_uncond") or [0]
-        b = len(p.views)
-        if n.shape[0] != b * len(groups):
-            raise RuntimeError(f"CrossViewAttention: a model call with {n.shape[0]} rows for a chunk of {b} views "
-                               f"and {len(groups)} condition group(s); the batch was split or reordered")
-        parts = []
-        for g, group in enumerate(groups):
-            rows = n[g * b:(g + 1) * b]
-            if p.role == "anchor":
-                p.record.put(sigma, layer, group, rows)
-                source = rows
-            else:
-                source = p.record.get(sigma, layer, group).to(device=n.device, dtype=n.dtype)
-            if m:
-                parts.append(source[p.refs.to(source.device)])  # [b, m, T, C]
-        if not m:
-            return n, context, value
-        refs = torch.cat(parts)
-        extended = torch.cat([n, refs.reshape(n.shape[0], m * n.shape[1], n.shape[2])], dim=1)
-        return n, extended, extended
-
-    # -- attn1_replace: the mixing ---------------------------------------------------------------------------
     def replace(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, extra_options: dict) -> torch.Tensor:
+        """attn1_replace: the view's own attention, then each condition group mixed with its anchors."""
         p = self.plan
         heads = extra_options["n_heads"]
         precision = extra_options.get("attn_precision")
@@ -99,30 +92,73 @@ class CrossViewPatch:
         def attention(q_, k_, v_, h):
             return optimized_attention(q_, k_, v_, h, attn_precision=precision)
 
-        t = q.shape[1]
-        m = k.shape[1] // t - 1
-        own_k, own_v = k[:, :t], v[:, :t]
-        own = attention(q, own_k, own_v, heads)
+        groups = extra_options.get("cond_or_uncond") or [0]
+        b = len(p.views)
+        if q.shape[0] != b * len(groups):
+            raise RuntimeError(f"CrossViewAttention: a model call with {q.shape[0]} rows for a chunk of {b} views "
+                               f"and {len(groups)} condition group(s); the batch was split or reordered")
+        at = Site(layer=(*extra_options["block"], extra_options["block_index"]),
+                  sigma=float(extra_options["sigmas"].reshape(-1)[0]),
+                  grid=tuple(extra_options["activations_shape"][-2:]), heads=heads)
+        own = attention(q, k, v, heads)
+        out = []
+        for g, group in enumerate(groups):
+            rows = slice(g * b, (g + 1) * b)
+            if p.role == "anchor":
+                p.record.put(at.sigma, at.layer, group, k[rows], v[rows], at.grid)
+            out.append(self._mix(own[rows], q[rows], k[rows], v[rows], group, at, attention))
+        return out[0] if len(out) == 1 else torch.cat(out)
+
+    def _mix(self, own, q, k, v, group: int, at: Site, attention) -> torch.Tensor:
+        """One condition group's rows: own attention mixed with the anchors' keys and values by the plan's rule."""
+        p = self.plan
+        m = p.refs.shape[1]
         if m == 0:  # a set's only anchor has no other anchor to attend to
             return own
-        refs = [(k[:, t * (j + 1):t * (j + 2)], v[:, t * (j + 1):t * (j + 2)]) for j in range(m)]
-        rows_extended = p.extended_rows.repeat(q.shape[0] // len(p.views)).to(q.device)
-        if p.mode == "extended" or bool(rows_extended.all()):
-            return mixing.extended(own, q, refs, heads, p.weight, attention)
-        grid = tuple(extra_options["activations_shape"][-2:])
-        ref_index, ref_mask, own_index, own_mask = self._windows_at(grid, q.shape[0], q.device)
-        out = mixing.correspondence(
-            own, q, own_k, own_v, [(kj, vj, ref_index[:, j], ref_mask[:, j]) for j, (kj, vj) in enumerate(refs)],
-            (own_index, own_mask), heads, p.weight)
+        t = q.shape[1]
+        rows_extended = p.extended_rows.to(q.device)
+        if p.role == "anchor":  # the other anchors are rows of this batch
+            keys, values = k.reshape(-1, k.shape[-1]), v.reshape(-1, v.shape[-1])
+            n_blocks, slots = len(p.views), p.refs.to(q.device)
+        else:  # the anchors' kept rows from the record, in the order of plan.needed
+            keys, values = p.record.get(at.sigma, at.layer, group, p.needed, at.grid, q.device, q.dtype)
+            n_blocks, slots = len(p.needed), p.slots.to(q.device)
+        blocks = None
+        if p.role == "anchor" or p.record.layout == "full":  # [n_blocks * T, C] rows: whole anchors
+            kb, vb = keys.view(n_blocks, t, -1), values.view(n_blocks, t, -1)
+            blocks = [(kb[slots[:, j]], vb[slots[:, j]]) for j in range(m)]
+            if p.mode == "extended" or bool(rows_extended.all()):
+                return mixing.extended(own, q, blocks, at.heads, p.weight, attention)
+        if p.radius == 0:
+            rows, coefficients = self._one_token_at(at.grid, q.device, q.dtype)
+            out = mixing.correspondence_one_token(own, v, values, rows, coefficients)
+        else:
+            ref_rows, ref_mask, own_index, own_mask = self._windows_at(at.grid, q.device)
+            b = q.shape[0]
+            kr, vr = keys[None].expand(b, *keys.shape), values[None].expand(b, *values.shape)
+            refs = [(kr, vr, ref_rows[:, j], ref_mask[:, j]) for j in range(m)]
+            out = mixing.correspondence(own, q, k, v, refs, (own_index, own_mask), at.heads, p.weight)
         if bool(rows_extended.any()):
-            out = torch.where(rows_extended[:, None, None], mixing.extended(own, q, refs, heads, p.weight, attention),
-                              out)
+            out = torch.where(rows_extended[:, None, None],
+                              mixing.extended(own, q, blocks, at.heads, p.weight, attention), out)
         return out
 
-    def _windows_at(self, grid: tuple[int, int], rows: int, device: torch.device):
-        """Per row, the windows around each token's correspondence in each anchor, and around itself (cached)."""
+    def _one_token_at(self, grid: tuple[int, int], device: torch.device, dtype: torch.dtype):
+        """One-token windows as (row of each token's correspondence per anchor [B,T,m], coefficients [B,T,m])."""
         p = self.plan
-        key = (grid, rows, str(device))
+        key = ("one token", grid, str(device), dtype)
+        if key not in p._windows:
+            ref_rows, ref_mask, _, _ = self._windows_at(grid, device)
+            p._windows[key] = (ref_rows[..., 0].transpose(1, 2).contiguous(),
+                               mixing.one_token_coefficients(ref_mask[..., 0].transpose(1, 2), p.weight).to(dtype))
+        return p._windows[key]
+
+    def _windows_at(self, grid: tuple[int, int], device: torch.device):
+        """Per view, the windows around each token's correspondence in each anchor, as rows of the anchors' keys and
+        values (the batch's [B*T] rows in the anchor pass, the record's :meth:`get` rows in a view pass), and around
+        itself (token indices); cached per grid and device."""
+        p = self.plan
+        key = (grid, str(device))
         if key not in p._windows:
             own_geo = self._geometry(p.depth, p.cameras, grid)
             anchor_geo = own_geo if p.role == "anchor" else self._geometry(p.record.depth, p.record.cameras, grid)
@@ -140,9 +176,18 @@ class CrossViewPatch:
                                    own_geo.valid[row] if own_geo is not None else None)
                 own_index.append(idx)
                 own_mask.append(msk)
-            groups = rows // len(p.views)
-            p._windows[key] = tuple(torch.stack(x).repeat(groups, *([1] * (x[0].dim()))).to(device)
-                                    for x in (ref_index, ref_mask, own_index, own_mask))
+            ref_index, ref_mask = torch.stack(ref_index), torch.stack(ref_mask)  # [B, m, T, W]
+            if p.role == "anchor":  # token of another anchor of the batch -> row of the batch's [B * T] rows
+                lookup = (p.refs[..., None] * t + torch.arange(t))  # [B, m, T]
+            else:  # token of an anchor -> row of the record's rows for plan.needed
+                lookup = p.record.lookup(grid, p.needed)[p.slots]
+            rows = torch.gather(lookup, 2, ref_index.flatten(2)).view(ref_index.shape)
+            if bool((rows[ref_mask] < 0).any()):
+                raise RuntimeError("CrossViewAttention: a correspondence lands on an anchor token the record did "
+                                   "not keep")
+            ref_index = torch.where(ref_mask, rows, 0)
+            p._windows[key] = tuple(x.to(device) for x in (ref_index, ref_mask, torch.stack(own_index),
+                                                           torch.stack(own_mask)))
         return p._windows[key]
 
     @staticmethod
@@ -151,10 +196,9 @@ class CrossViewPatch:
 
 
 def patched_model(model, plan: ChunkPlan):
-    """A clone of ``model`` with the cross-view hooks on every self-attention layer."""
+    """A clone of ``model`` with the cross-view hook on every self-attention layer."""
     patch = CrossViewPatch(plan)
     clone = model.clone()
-    clone.set_model_attn1_patch(patch)
     for name, number, index in self_attention_layers(model):
         clone.set_model_attn1_replace(patch.replace, name, number, index)
     return clone

@@ -259,4 +259,7 @@ def test_memory_report_lists_the_anchor_record(runner, comfy):
     record = store().records()[-1]
     layers = {k[1] for k in record.features}
     assert len(record.sigmas) == 3 and len(layers) > 10  # every self-attention layer at every executed step
-    assert record.nbytes == sum(t.numel() * 4 for t in record.features.values())
+    # correspondence with a one-token window and depth on every anchor: only the values of tokens with depth
+    assert record.layout == "surface" and all(keys is None for keys, _ in record.features.values())
+    assert record.nbytes == sum(values.numel() * 4 for _, values in record.features.values())
+    assert "values of tokens with depth" in held[-1]

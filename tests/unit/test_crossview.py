@@ -8,7 +8,8 @@ import torch
 
 from glimpse.cameras import orbit_cameras, project, select_cameras
 from glimpse.crossview.anchors import anchor_order, anchors_first, choose_anchors, parse_anchors
-from glimpse.crossview.attention import correspondence, extended, local_attention
+from glimpse.crossview.attention import (correspondence, correspondence_one_token, extended, local_attention,
+                                         one_token_coefficients)
 from glimpse.crossview.graph_key import differences, graph_key, sampling_subgraph
 from glimpse.crossview.record import AnchorRecord, RecordStore
 from glimpse.crossview.tokens import correspondences, token_geometry, windows
@@ -159,6 +160,30 @@ def test_correspondence_changes_only_tokens_with_a_correspondence():
     assert ((ext - own).abs().amax(-1) > 1e-6).all()  # extended reaches every token
 
 
+def test_one_token_rule_equals_the_general_rule_with_one_token_windows():
+    q, k, v = _qkv(b=2, t=16, d=8)
+    own = plain_attention(q, k, v, 2)
+    anchors = [(torch.randn(2, 16, 8), torch.randn(2, 16, 8)) for _ in range(2)]
+    centres = [torch.randint(-1, 16, (16,)), torch.randint(-1, 16, (16,))]
+    centres[1][:4] = -1  # tokens with one, two and no correspondences
+    centres[0][:2] = -1
+    valid = torch.ones(16, dtype=torch.bool)
+    wins = [windows(c, (4, 4), 0, valid) for c in centres]
+    refs = [(ka, va, idx.expand(2, -1, -1), msk.expand(2, -1, -1)) for (ka, va), (idx, msk) in zip(anchors, wins)]
+    own_window = tuple(x.expand(2, -1, -1) for x in windows(torch.arange(16), (4, 4), 0, valid))
+    want = correspondence(own, q, k, v, refs, own_window, 2, 0.7)
+    # the anchors' values as one [2 * 2 * 16, 8] block of rows: batch row r, anchor j, token i at (r * 2 + j) * 16 + i
+    values = torch.stack([va for _, va in anchors], 1).reshape(-1, 8)
+    rows = torch.stack([(torch.arange(2)[:, None] * 2 + j) * 16 + wins[j][0][:, 0] for j in range(2)], -1)
+    masks = torch.stack([wins[j][1][:, 0] for j in range(2)], -1).expand(2, -1, -1)
+    got = correspondence_one_token(own, v, values, rows, one_token_coefficients(masks, 0.7))
+    assert torch.allclose(got, want, atol=1e-6) and not torch.allclose(got, own, atol=1e-3)
+    assert torch.equal(got[:, :2], own[:, :2])  # no correspondence: exactly its own attention
+    # anchors that kept no row at this grid (a small object at 1/32 of a small image)
+    no_rows = correspondence_one_token(own, v, values[:0], torch.zeros_like(rows), torch.zeros(2, 16, 2))
+    assert torch.equal(no_rows, own)
+
+
 def test_local_attention_equals_masked_full_attention():
     q, k, v = _qkv(b=1, t=16, d=8)
     idx, m = _grid_windows(1, 4, 1)
@@ -185,22 +210,49 @@ def test_fp16_mixing_stays_finite_with_large_activations():
 
 # -- record, store, validity -----------------------------------------------------------------------------------------
 
-def _record(set_key="a", key="k"):
+def _record(set_key="a", key="k", **kw):
     cams = orbit_cameras(2)
     return AnchorRecord(set_key=set_key, graph_key=key, graph={}, anchors=[0, 1], depth=None, cameras=cams,
-                        device=torch.device("cpu"))
+                        device=torch.device("cpu"), **kw)
 
 
 def test_record_lookup_names_what_is_missing():
     r = _record()
-    h = torch.ones(2, 4, 8)
-    r.put(14.6146, ("input", 4, 0), 0, h)
-    assert torch.equal(r.get(14.61461, ("input", 4, 0), 0), h)
-    assert r.nbytes == h.numel() * 4 and "view_00, view_01: 1 step(s) x 1 layer(s)" in r.summary()
+    k, v = torch.randn(2, 4, 8), torch.randn(2, 4, 8)
+    r.put(14.6146, ("input", 4, 0), 0, k, v, (2, 2))
+    keys, values = r.get(14.61461, ("input", 4, 0), 0, [1], (2, 2), torch.device("cpu"), torch.float32)
+    assert torch.equal(keys, k[1]) and torch.equal(values, v[1])
+    keys, values = r.get(14.61461, ("input", 4, 0), 0, [0, 1], (2, 2), torch.device("cpu"), torch.float32)
+    assert torch.equal(values, v.reshape(8, 8)) and torch.equal(r.lookup((2, 2), [1]), torch.arange(4)[None])
+    assert r.nbytes == 2 * v.numel() * 4 and "view_00, view_01: 1 step(s) x 1 layer(s), keys and values of " \
+        "every token" in r.summary()
     with pytest.raises(KeyError, match=r"recorded at sigmas \[14.615\], not at 3.0: the steps or the strength"):
-        r.get(3.0, ("input", 4, 0), 0)
+        r.get(3.0, ("input", 4, 0), 0, [0], (2, 2), torch.device("cpu"), torch.float32)
     with pytest.raises(KeyError, match="no entry for layer"):
-        r.get(14.6146, ("output", 2, 1), 0)
+        r.get(14.6146, ("output", 2, 1), 0, [0], (2, 2), torch.device("cpu"), torch.float32)
+
+
+def test_surface_record_keeps_the_values_of_tokens_with_depth_and_finds_them():
+    size, grid = 128, (8, 8)
+    cams = select_cameras(orbit_cameras(16, (size, size)), [0, 5, 9])
+    _, _, depth = render([(*BIG, texture)], cams, size)
+    r = AnchorRecord(set_key="a", graph_key="k", graph={}, anchors=[0, 5, 9], depth=depth, cameras=cams,
+                     device=torch.device("cpu"), layout="surface", keep_keys=False)
+    valid = token_geometry(depth, cams, grid).valid.reshape(3, -1)
+    assert 0 < int(valid.sum()) < valid.numel()  # some tokens have no depth: the layout has something to drop
+    k, v = torch.randn(3, 64, 16), torch.randn(3, 64, 16)
+    r.put(1.0, ("middle", 0, 0), 0, k, v, grid)
+    assert r.nbytes == int(valid.sum()) * 16 * 4 and "values of tokens with depth" in r.summary()
+    for anchors in ([0, 2], [1], [0, 1, 2]):  # a gap between anchors, one anchor, all of them
+        keys, values = r.get(1.0, ("middle", 0, 0), 0, anchors, grid, torch.device("cpu"), torch.float64)
+        lookup = r.lookup(grid, anchors)
+        assert keys is None and values.dtype == torch.float64
+        assert torch.equal(lookup >= 0, valid[anchors]) and values.shape[0] == int(valid[anchors].sum())
+        for slot, a in enumerate(anchors):  # every kept token's row holds its value; nothing else is there
+            tokens = valid[a].nonzero()[:, 0]
+            assert torch.equal(values[lookup[slot, tokens]], v[a, tokens].double())
+    with pytest.raises(ValueError, match="a surface record needs the anchors' depth"):
+        _record(layout="surface", keep_keys=False)
 
 
 def test_store_keeps_one_record_per_set_and_a_bounded_number_of_sets():
