@@ -85,8 +85,10 @@ def warp_geometry(depth: DepthMaps, cameras: Cameras, masks: torch.Tensor | None
     for i, j in pairs:
         by_source.setdefault(i, []).append(j)
     scale = torch.tensor([2.0 / w, 2.0 / h], dtype=torch.float32, device=z.device)
-    out: dict[tuple[int, int], PairWarp] = {}
-    for i, targets in by_source.items():
+
+    def from_source(item: tuple[int, list[int]]) -> list[PairWarp]:
+        i, targets = item
+        found = []
         rows, cols = fg[i].nonzero(as_tuple=True)
         zi = z[i, rows, cols]
         ki = k[i].to(device=z.device, dtype=torch.float32)
@@ -100,7 +102,10 @@ def warp_geometry(depth: DepthMaps, cameras: Cameras, masks: torch.Tensor | None
             seen = F.grid_sample(sample_depth[j:j + 1], grid, mode="bilinear", padding_mode="zeros",
                                  align_corners=False).view(-1)
             sel = ((zj > 0) & ((seen - zj).abs() <= depth_tolerance * zj)).nonzero(as_tuple=True)[0]
-            out[(i, j)] = PairWarp(i, j, rows[sel], cols[sel], grid[:, :, sel], int(rows.numel()))
+            found.append(PairWarp(i, j, rows[sel], cols[sel], grid[:, :, sel], int(rows.numel())))
+        return found
+
+    out = {(g.i, g.j): g for found in map_views(from_source, by_source.items(), z.device) for g in found}
     return [out[p] for p in pairs]
 
 
