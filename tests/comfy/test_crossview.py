@@ -247,6 +247,20 @@ def test_correspondence_without_depth_falls_back_to_extended_and_says_so(runner,
     assert all(torch.equal(fallback[v], extended[v]) for v in extended)
 
 
+def test_a_view_without_depth_keeps_its_own_attention_when_the_record_keeps_surface_tokens(runner, comfy, tmp_path):
+    folder = sphere_set(tmp_path / "partial", 128, views=4)
+    (folder / "view_01_depth.npy").unlink()  # the anchors (0, 2) have depth: their record keeps surface tokens only
+    kw = dict(resolution=128, anchors="0,2", weight=1.0)
+    before = len(comfy.log())
+    on = runner.run(graph(folder, mode="correspondence", **kw))
+    assert ("view_01 have no renderer depth and the anchors' record keeps only their surface tokens: sampled "
+            "without cross-view attention") in comfy.log()[before:]
+    off = runner.run(graph(folder, mode="off", **kw))
+    scale = max(float(t.abs().max()) for t in off.values())
+    assert float((on[1] - off[1]).abs().max()) <= 1e-6 * scale  # its own attention only
+    assert float((on[3] - off[3]).abs().max()) > 1e-3 * scale  # a view with depth does attend to the anchors
+
+
 def test_memory_report_lists_the_anchor_record(runner, comfy):
     runner.run(graph(FOX, anchors="0,8", views="0,8,3"))
     (settings, _) = comfy.run("MemoryPreset", preset="t4_balanced", steps="4", strength=0.75,
