@@ -13,6 +13,7 @@ ControlNets run without these hooks (ComfyUI calls them without transformer opti
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import torch
 
@@ -57,16 +58,25 @@ class ChunkPlan:
     extended_rows: torch.Tensor
     _windows: dict = field(default_factory=dict)
 
-    @property
+    @cached_property
     def needed(self) -> list[int]:
         """View pass: the record positions of every anchor some view of the chunk attends to, in record order."""
         return sorted({int(a) for a in self.refs.flatten()})
 
-    @property
+    @cached_property
     def slots(self) -> torch.Tensor:
         """View pass [B, m]: each view's anchors as positions in :attr:`needed`."""
         position = {a: i for i, a in enumerate(self.needed)}
         return self.refs.clone().apply_(position.__getitem__)
+
+    @cached_property
+    def all_extended(self) -> bool:
+        """Every view uses the extended rule (decided on the host: no device sync per layer)."""
+        return bool(self.extended_rows.all())
+
+    @cached_property
+    def any_extended(self) -> bool:
+        return bool(self.extended_rows.any())
 
 
 @dataclass(frozen=True)
@@ -116,18 +126,19 @@ class CrossViewPatch:
         if m == 0:  # a set's only anchor has no other anchor to attend to
             return own
         t = q.shape[1]
-        rows_extended = p.extended_rows.to(q.device)
         if p.role == "anchor":  # the other anchors are rows of this batch
             keys, values = k.reshape(-1, k.shape[-1]), v.reshape(-1, v.shape[-1])
-            n_blocks, slots = len(p.views), p.refs.to(q.device)
+            n_blocks = len(p.views)
         else:  # the anchors' kept rows from the record, in the order of plan.needed
             keys, values = p.record.get(at.sigma, at.layer, group, p.needed, at.grid, q.device, q.dtype)
-            n_blocks, slots = len(p.needed), p.slots.to(q.device)
+            n_blocks = len(p.needed)
         blocks = None
         if p.role == "anchor" or p.record.layout == "full":  # [n_blocks * T, C] rows: whole anchors
+            source = p.refs if p.role == "anchor" else p.slots
+            slots = self._cached(("slots", str(q.device)), lambda: source.to(q.device))
             kb, vb = keys.view(n_blocks, t, -1), values.view(n_blocks, t, -1)
             blocks = [(kb[slots[:, j]], vb[slots[:, j]]) for j in range(m)]
-            if p.mode == "extended" or bool(rows_extended.all()):
+            if p.mode == "extended" or p.all_extended:
                 return mixing.extended(own, q, blocks, at.heads, p.weight, attention)
         if p.radius == 0:
             rows, coefficients = self._one_token_at(at.grid, q.device, q.dtype)
@@ -138,10 +149,17 @@ class CrossViewPatch:
             kr, vr = keys[None].expand(b, *keys.shape), values[None].expand(b, *values.shape)
             refs = [(kr, vr, ref_rows[:, j], ref_mask[:, j]) for j in range(m)]
             out = mixing.correspondence(own, q, k, v, refs, (own_index, own_mask), at.heads, p.weight)
-        if bool(rows_extended.any()):
+        if p.any_extended:
+            rows_extended = self._cached(("extended rows", str(q.device)), lambda: p.extended_rows.to(q.device))
             out = torch.where(rows_extended[:, None, None],
                               mixing.extended(own, q, blocks, at.heads, p.weight, attention), out)
         return out
+
+    def _cached(self, key, make):
+        """A per-plan value made once (device copies: a host-to-device copy per layer would sync the device)."""
+        if key not in self.plan._windows:
+            self.plan._windows[key] = make()
+        return self.plan._windows[key]
 
     def _one_token_at(self, grid: tuple[int, int], device: torch.device, dtype: torch.dtype):
         """One-token windows as (row of each token's correspondence per anchor [B,T,m], coefficients [B,T,m])."""
