@@ -163,13 +163,12 @@ class CrossViewPatch:
 
     def _one_token_at(self, grid: tuple[int, int], device: torch.device, dtype: torch.dtype):
         """One-token windows as (row of each token's correspondence per anchor [B,T,m], coefficients [B,T,m])."""
-        p = self.plan
-        key = ("one token", grid, str(device), dtype)
-        if key not in p._windows:
+        def make():
             ref_rows, ref_mask, _, _ = self._windows_at(grid, device)
-            p._windows[key] = (ref_rows[..., 0].transpose(1, 2).contiguous(),
-                               mixing.one_token_coefficients(ref_mask[..., 0].transpose(1, 2), p.weight).to(dtype))
-        return p._windows[key]
+            return (ref_rows[..., 0].transpose(1, 2).contiguous(),
+                    mixing.one_token_coefficients(ref_mask[..., 0].transpose(1, 2), self.plan.weight).to(dtype))
+
+        return self._cached(("one token", grid, str(device), dtype), make)
 
     def _windows_at(self, grid: tuple[int, int], device: torch.device):
         """Per view, the windows around each token's correspondence in each anchor, as rows of the anchors' keys and
