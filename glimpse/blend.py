@@ -77,7 +77,7 @@ def _confidence_blend(original, enhanced, alpha, depth, cameras, threshold, feat
         out[i].copy_(original[i])
         box = nonzero_box(small[i], size)
         if box is not None:
-            weight[i][box] = upsample_weight(small[i], alpha[i])[box]
+            weight[i][box] = upsample_weight(small[i], alpha[i], box=box)
             _blend_box(out[i], original[i], enhanced[i], weight[i], box)
 
     map_views(one, range(original.shape[0]), original.device)

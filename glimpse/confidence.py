@@ -21,8 +21,9 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .cameras import pad_intrinsics, scale_intrinsics
+from .cameras import pad_intrinsics, scale_intrinsics, select_cameras
 from .feather import feather
+from .threads import map_views, view_groups
 from .types import Cameras, DepthMaps
 
 SIGNALS = ("opacity", "edge", "grazing")
@@ -245,6 +246,10 @@ def confidence_weights(alpha: torch.Tensor, depth: DepthMaps, cameras: Cameras, 
     at that size (depth resampled nearest, alpha min-pooled, radii scaled up to whole pixels); ``None`` works at
     full resolution. Work is restricted to the union box of the views' foreground plus a margin, which changes no
     value (every operation looks at most the margin away); outside it weight and signals are 0.
+
+    On the CPU the views go in small groups (:func:`glimpse.threads.view_groups`) over
+    :func:`glimpse.threads.map_views`: each view's values depend on that view alone, so the groups give what one
+    batch gives.
     """
     _check_inputs(alpha, depth, cameras)
     n, h, w = alpha.shape
@@ -253,28 +258,32 @@ def confidence_weights(alpha: torch.Tensor, depth: DepthMaps, cameras: Cameras, 
         scale = work_size / max(h, w)
     size = (max(1, round(h * scale)), max(1, round(w * scale)))
     edge_r, feather_r = max(1, math.ceil(edge_radius * scale)), math.ceil(feather_radius * scale)
-    a = alpha.float()
-    if size != (h, w):  # each working pixel is as opaque as its least opaque pixel: trust never grows outwards
-        a = min_pool(a, size)
-    d, k = depth_at_size(depth, cameras, size)
-    z = d.depth.to(a.device)
-    weight = torch.zeros(n, *size, dtype=torch.float32, device=a.device)
+    trust_weights = DEFAULT_WEIGHTS if weights is None else weights
+    weight = torch.zeros(n, *size, dtype=torch.float32, device=alpha.device)
     signals = {name: torch.zeros_like(weight) for name in SIGNALS}
-    box = _crop_box((a > 0) | (z > 0), edge_r + feather_r + 2)
-    if box is None:
-        return weight, signals, size
-    t, b, le, r = box
-    a_c, z_c = a[:, t:b, le:r], z[:, t:b, le:r]
-    k_c = pad_intrinsics(k, -le, -t)
-    crop_signals = {
-        "opacity": opacity_confidence(a_c),
-        "edge": edge_confidence(z_c, k_c, edge_r),
-        "grazing": grazing_confidence(z_c, k_c),
-    }
-    weight[:, t:b, le:r] = feather(trusted(crop_signals, DEFAULT_WEIGHTS if weights is None else weights, threshold)
-                                   & (a_c > 0), feather_r)
-    for name, s in crop_signals.items():
-        signals[name][:, t:b, le:r] = s
+
+    def group(views: slice) -> None:
+        a = alpha[views].float()
+        if size != (h, w):  # each working pixel is as opaque as its least opaque pixel: trust never grows outwards
+            a = min_pool(a, size)
+        d, k = depth_at_size(depth.select(views), select_cameras(cameras, range(n)[views]), size)
+        z = d.depth.to(a.device)
+        box = _crop_box((a > 0) | (z > 0), edge_r + feather_r + 2)
+        if box is None:
+            return
+        t, b, le, r = box
+        a_c, z_c = a[:, t:b, le:r], z[:, t:b, le:r]
+        k_c = pad_intrinsics(k, -le, -t)
+        crop_signals = {
+            "opacity": opacity_confidence(a_c),
+            "edge": edge_confidence(z_c, k_c, edge_r),
+            "grazing": grazing_confidence(z_c, k_c),
+        }
+        weight[views, t:b, le:r] = feather(trusted(crop_signals, trust_weights, threshold) & (a_c > 0), feather_r)
+        for name, s in crop_signals.items():
+            signals[name][views, t:b, le:r] = s
+
+    map_views(group, view_groups(n, alpha.device), alpha.device)
     return weight, signals, size
 
 
@@ -294,11 +303,17 @@ def min_pool(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return out.contiguous()
 
 
-def upsample_weight(weight: torch.Tensor, alpha: torch.Tensor, opacity_low: float = 0.5) -> torch.Tensor:
+def upsample_weight(weight: torch.Tensor, alpha: torch.Tensor, opacity_low: float = 0.5,
+                    box: tuple[slice, slice] | None = None) -> torch.Tensor:
     """A working-size weight [h,w] (or [N,h,w]) -> alpha's size: bilinear, snapped to exactly 1 within 1e-6, and
     exactly 0 where alpha is at most ``opacity_low`` (no opacity confidence; background stays the original's).
-    Bilinear interpolation of exact zeros stays exactly 0, so untrusted regions stay untouched."""
+    Bilinear interpolation of exact zeros stays exactly 0, so untrusted regions stay untouched.
+
+    With ``box`` (rows, cols of alpha's size, e.g. from :func:`nonzero_box`), only that part of a [h,w] weight is
+    made and returned, with the same values."""
     size = tuple(alpha.shape[-2:])
+    if box is not None:
+        return _upsample_box(weight, alpha, opacity_low, box)
     if tuple(weight.shape[-2:]) != size:
         batched = weight.dim() == 3
         w = weight if batched else weight[None]
@@ -308,6 +323,27 @@ def upsample_weight(weight: torch.Tensor, alpha: torch.Tensor, opacity_low: floa
     else:
         weight = weight.clone()
     return weight.masked_fill_(alpha <= opacity_low, 0.0)
+
+
+def _upsample_box(weight: torch.Tensor, alpha: torch.Tensor, opacity_low: float,
+                  box: tuple[slice, slice]) -> torch.Tensor:
+    """:func:`upsample_weight` inside ``box`` only. For power-of-two factors the source rows and columns under the
+    box (plus one on each side) are interpolated alone: the source coordinates of the box's pixels are then the whole
+    map's, exact binary fractions (the crop's clamped first and last rows fall outside the box), so the values are
+    the whole map's up to the last bit (torch's kernel rounds its vectorised and scalar lanes differently, and which
+    lane a pixel takes depends on where its row starts). A view's box depends on that view's weight alone, so the
+    result does not depend on the other views or on chunking. Other factors interpolate the whole map."""
+    (big_h, big_w), (h, w) = alpha.shape[-2:], weight.shape[-2:]
+    fy, fx = big_h // h, big_w // w
+    if (big_h, big_w) == (h, w) or fy * h != big_h or fx * w != big_w or fy & (fy - 1) or fx & (fx - 1):
+        return upsample_weight(weight, alpha, opacity_low)[box]
+    rows, cols = box
+    r0, r1 = max(0, rows.start // fy - 1), min(h, -(-rows.stop // fy) + 1)
+    c0, c1 = max(0, cols.start // fx - 1), min(w, -(-cols.stop // fx) + 1)
+    part = F.interpolate(weight[None, None, r0:r1, c0:c1], size=((r1 - r0) * fy, (c1 - c0) * fx), mode="bilinear",
+                         align_corners=False)[0, 0]
+    part = part[rows.start - r0 * fy:rows.stop - r0 * fy, cols.start - c0 * fx:cols.stop - c0 * fx]
+    return part.masked_fill_(part > 1.0 - 1e-6, 1.0).masked_fill_(alpha[box] <= opacity_low, 0.0)
 
 
 def nonzero_box(weight: torch.Tensor, size: tuple[int, int] | None = None) -> tuple[slice, slice] | None:

@@ -208,6 +208,53 @@ def test_upsample_weight_snaps_and_respects_alpha():
     assert ((w == 0) | (w == 1) | ((w > 1e-6) & (w < 1 - 1e-6))).all()
 
 
+@pytest.mark.parametrize("small, big", [((16, 24), (32, 48)), ((16, 24), (32, 24)), ((512, 512), (1024, 1024)),
+                                        ((16, 24), (64, 96)), ((16, 24), (48, 72)), ((16, 24), (24, 36)),
+                                        ((16, 24), (16, 24)), ((16, 24), (32, 96))])
+def test_upsample_weight_in_a_box_is_the_whole_maps_box(small, big):
+    """Only the box is made (interpolating a crop of the source for power-of-two factors): the whole map's values up
+    to the last bit, exact zeros where it has them, including boxes at the frame's edges."""
+    from glimpse.confidence import nonzero_box
+
+    g = torch.Generator().manual_seed(big[0])
+    for trial in range(6):
+        weight = torch.zeros(small)
+        t, le = (int(torch.randint(0, n - 2, (1,), generator=g)) for n in small)
+        rows, cols = slice(t, t + 1 + trial * 2), slice(le, le + 3 + trial * 3)
+        weight[rows, cols] = torch.rand(small, generator=g)[rows, cols]
+        weight[t, le] = 1.0 - 1e-7  # snapped to 1
+        alpha = torch.rand(big, generator=g)
+        box = nonzero_box(weight, big)
+        whole = upsample_weight(weight, alpha)
+        part = upsample_weight(weight, alpha, box=box)
+        assert part.shape == whole[box].shape and torch.equal(part == 0, whole[box] == 0)
+        assert torch.allclose(part, whole[box], rtol=0, atol=2.4e-7) and part.max() <= 1
+        outside = torch.ones(big, dtype=torch.bool)
+        outside[box] = False
+        assert not whole[outside].any()  # the box holds every nonzero of the upsampled weight
+
+
+@pytest.mark.parametrize("per_group", [1, 3, 16])
+def test_confidence_weights_in_view_groups_equal_one_batch(monkeypatch, per_group):
+    """Each view's weight and signals depend on that view alone: any grouping of the views gives one batch's values,
+    though each group crops to its own views' box."""
+    n = 5
+    cams = frontal_cameras(n)
+    z = step_scene().expand(n, SIZE, SIZE).clone()
+    alpha = torch.zeros(n, SIZE, SIZE)
+    for i in range(n):  # a different foreground box per view
+        alpha[i, 4 + 6 * i:60 + 5 * i, 10 + 3 * i:90 - 2 * i] = 1.0
+    z[alpha == 0] = 0.0
+    depth = DepthMaps(depth=z, valid=z > 0)
+    monkeypatch.setattr("glimpse.threads.VIEWS_PER_GROUP", n)
+    weight, signals, size = confidence_weights(alpha, depth, cams, work_size=48)
+    assert weight.any()
+    monkeypatch.setattr("glimpse.threads.VIEWS_PER_GROUP", per_group)
+    grouped, grouped_signals, grouped_size = confidence_weights(alpha, depth, cams, work_size=48)
+    assert grouped_size == size and torch.equal(grouped, weight)
+    assert all(torch.equal(grouped_signals[k], signals[k]) for k in signals)
+
+
 def test_bad_inputs():
     cams = frontal_cameras(2)
     z = torch.full((2, SIZE, SIZE), 2.0)

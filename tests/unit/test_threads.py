@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from glimpse import buffers
-from glimpse.threads import map_views, single_threaded, view_threads
+from glimpse.threads import map_views, single_threaded, view_groups, view_threads
 
 
 def test_map_views_gives_the_serial_results_in_order():
@@ -57,6 +57,15 @@ def test_map_views_is_serial_inside_a_task_and_raises_a_tasks_error():
 def test_map_views_on_a_gpu_device_is_a_plain_loop():
     names = map_views(lambda i: threading.current_thread().name, range(4), device="meta")
     assert set(names) == {threading.current_thread().name}
+
+
+@pytest.mark.parametrize("n, per_group", [(16, 4), (10, 4), (3, 4), (5, 1)])
+def test_view_groups_cover_every_view_once_in_order(monkeypatch, n, per_group):
+    monkeypatch.setattr("glimpse.threads.VIEWS_PER_GROUP", per_group)
+    groups = view_groups(n)
+    assert [i for g in groups for i in range(n)[g]] == list(range(n))
+    assert all(0 < g.stop - g.start <= per_group for g in groups)
+    assert view_groups(n, device="meta") == [slice(0, n)]  # a GPU batch stays one launch per op
 
 
 def test_single_threaded_restores_the_count():
