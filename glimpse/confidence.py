@@ -317,8 +317,7 @@ def upsample_weight(weight: torch.Tensor, alpha: torch.Tensor, opacity_low: floa
     if tuple(weight.shape[-2:]) != size:
         batched = weight.dim() == 3
         w = weight if batched else weight[None]
-        w = F.interpolate(w[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
-        w = w.masked_fill_(w > 1.0 - 1e-6, 1.0)
+        w = _snap_to_one(F.interpolate(w[:, None], size=size, mode="bilinear", align_corners=False)[:, 0])
         weight = w if batched else w[0]
     else:
         weight = weight.clone()
@@ -343,7 +342,12 @@ def _upsample_box(weight: torch.Tensor, alpha: torch.Tensor, opacity_low: float,
     part = F.interpolate(weight[None, None, r0:r1, c0:c1], size=((r1 - r0) * fy, (c1 - c0) * fx), mode="bilinear",
                          align_corners=False)[0, 0]
     part = part[rows.start - r0 * fy:rows.stop - r0 * fy, cols.start - c0 * fx:cols.stop - c0 * fx]
-    return part.masked_fill_(part > 1.0 - 1e-6, 1.0).masked_fill_(alpha[box] <= opacity_low, 0.0)
+    return _snap_to_one(part).masked_fill_(alpha[box] <= opacity_low, 0.0)
+
+
+def _snap_to_one(weight: torch.Tensor) -> torch.Tensor:
+    """Interpolated weights within 1e-6 of 1 set to exactly 1, in place (interpolating ones rounds below 1)."""
+    return weight.masked_fill_(weight > 1.0 - 1e-6, 1.0)
 
 
 def nonzero_box(weight: torch.Tensor, size: tuple[int, int] | None = None) -> tuple[slice, slice] | None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 import struct
 import zipfile
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -27,13 +28,20 @@ EXR_DEPTH_CHANNELS = ("Z", "depth", "Depth", "D", "Y", "R", "V")
 DEPTH_PNG_MODES = ("I;16", "I;16B", "I;16L", "I", "F")
 
 
-def npz_depth_key(path: Path, what: str) -> str:
-    """The array of an .npz that holds the depth: 'depth', else its only array."""
+@contextmanager
+def _open_npz(path: Path, what: str):
+    """The .npz as an open ZipFile; ValueError naming the file when it is not a readable zip archive."""
     try:
-        with zipfile.ZipFile(path) as z:
-            keys = [n[:-4] for n in z.namelist() if n.endswith(".npy")]
+        z = zipfile.ZipFile(path)
     except (zipfile.BadZipFile, OSError) as e:
         raise ValueError(f"{what}: {path} is not a readable .npz file ({e})") from None
+    with z:
+        yield z
+
+
+def npz_depth_key(z: zipfile.ZipFile, path: Path, what: str) -> str:
+    """The array of the open .npz ``z`` (at ``path``) that holds the depth: 'depth', else its only array."""
+    keys = [n[:-4] for n in z.namelist() if n.endswith(".npy")]
     if "depth" in keys:
         return "depth"
     if len(keys) == 1:
@@ -78,8 +86,7 @@ def depth_header(path: Path, what: str) -> tuple[int, int]:
             check_real(arr.dtype, path, what)
             shape = arr.shape
         elif ext == ".npz":
-            key = npz_depth_key(path, what)
-            with zipfile.ZipFile(path) as z, z.open(key + ".npy") as f:
+            with _open_npz(path, what) as z, z.open(npz_depth_key(z, path, what) + ".npy") as f:
                 shape, _, dtype = _npy_header(f)
             check_real(dtype, path, what)
         elif ext == ".exr":
@@ -106,7 +113,7 @@ def _read(path: Path, scale: float | None, what: str) -> np.ndarray:
     if ext == ".npy":
         return np.load(path, allow_pickle=False)
     if ext == ".npz":
-        return _read_npz_member(path, npz_depth_key(path, what) + ".npy")
+        return _read_npz_depth(path, what)
     if ext == ".exr":
         with _open_exr(path, separate_channels=True) as f:
             channels = f.channels()
@@ -128,10 +135,12 @@ def _npy_header(f) -> tuple[tuple[int, ...], bool, np.dtype]:
     return read(f)
 
 
-def _read_npz_member(path: Path, name: str) -> np.ndarray:
-    """One array of an .npz: a deflated member is inflated in one call and checked against its CRC (what zipfile
-    would do in 256 KiB steps with the standard library's zlib); a stored one is read by numpy."""
-    with zipfile.ZipFile(path) as z:
+def _read_npz_depth(path: Path, what: str) -> np.ndarray:
+    """The depth array of an .npz (:func:`npz_depth_key`): a deflated member is inflated in one call and checked
+    against its CRC (what zipfile would do in 256 KiB steps with the standard library's zlib); a stored one is read
+    by numpy."""
+    with _open_npz(path, what) as z:
+        name = npz_depth_key(z, path, what) + ".npy"
         info = z.getinfo(name)
         if info.compress_type != zipfile.ZIP_DEFLATED:
             with z.open(info) as f:

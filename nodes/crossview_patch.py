@@ -56,7 +56,7 @@ class ChunkPlan:
     depth: DepthMaps | None
     cameras: Cameras
     extended_rows: torch.Tensor
-    _windows: dict = field(default_factory=dict)
+    _cache: dict = field(default_factory=dict)  # per-plan values made once (CrossViewPatch._cached)
 
     @cached_property
     def needed(self) -> list[int]:
@@ -157,9 +157,9 @@ class CrossViewPatch:
 
     def _cached(self, key, make):
         """A per-plan value made once (device copies: a host-to-device copy per layer would sync the device)."""
-        if key not in self.plan._windows:
-            self.plan._windows[key] = make()
-        return self.plan._windows[key]
+        if key not in self.plan._cache:
+            self.plan._cache[key] = make()
+        return self.plan._cache[key]
 
     def _one_token_at(self, grid: tuple[int, int], device: torch.device, dtype: torch.dtype):
         """One-token windows as (row of each token's correspondence per anchor [B,T,m], coefficients [B,T,m])."""
@@ -175,8 +175,8 @@ class CrossViewPatch:
         values (the batch's [B*T] rows in the anchor pass, the record's :meth:`get` rows in a view pass), and around
         itself (token indices); cached per grid and device."""
         p = self.plan
-        key = (grid, str(device))
-        if key not in p._windows:
+
+        def make():
             own_geo = self._geometry(p.depth, p.cameras, grid)
             anchor_geo = own_geo if p.role == "anchor" else self._geometry(p.record.depth, p.record.cameras, grid)
             ref_index, ref_mask, own_index, own_mask = [], [], [], []
@@ -203,9 +203,9 @@ class CrossViewPatch:
                 raise RuntimeError("CrossViewAttention: a correspondence lands on an anchor token the record did "
                                    "not keep")
             ref_index = torch.where(ref_mask, rows, 0)
-            p._windows[key] = tuple(x.to(device) for x in (ref_index, ref_mask, torch.stack(own_index),
-                                                           torch.stack(own_mask)))
-        return p._windows[key]
+            return tuple(x.to(device) for x in (ref_index, ref_mask, torch.stack(own_index), torch.stack(own_mask)))
+
+        return self._cached(("windows", grid, str(device)), make)
 
     @staticmethod
     def _geometry(depth: DepthMaps | None, cameras: Cameras, grid: tuple[int, int]) -> TokenGeometry | None:
